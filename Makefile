@@ -1,0 +1,31 @@
+# Two commands set everything up on a machine that has python3 (3.11+) and make:
+#   make run    install into .venv, then run the headline experiment
+#   make test   install into .venv, then ruff, mypy and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?= --recv-delay 0.001
+
+.PHONY: run test lint bench clean install
+
+$(BIN)/bufdemo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/bufdemo
+
+run: install
+	$(BIN)/bufdemo run $(ARGS)
+
+lint: install
+	$(BIN)/ruff check demo analysis tests
+	$(BIN)/ruff format --check demo analysis tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

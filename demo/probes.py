@@ -1,0 +1,259 @@
+"""Probes: the one module that asks the kernel about a socket or the host.
+
+Everything bufdemo reports about buffers and queues comes from here:
+
+- ``SIOCOUTQ``  bytes in the send queue not yet acknowledged (unsent + in flight);
+- ``SIOCOUTQNSD`` bytes in the send queue not yet sent at all;
+- ``SIOCINQ``  bytes received and not yet read by the application;
+- ``SO_SNDBUF`` / ``SO_RCVBUF`` the buffer limits, counted in *truesize* (payload plus
+  per-packet overhead), which is why the payload queued at a stall is below SO_SNDBUF;
+- ``TCP_INFO`` the kernel's own view: advertised windows, zero-window probes, and how long
+  the connection was limited by the receiver's window or by the send buffer.
+
+Where a probe does not exist on this platform (anything but Linux for the ioctls and
+tcp_info layout used here), it returns ``None``. It never invents a number.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import socket
+import struct
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "IS_LINUX",
+    "NETSTAT_COUNTERS",
+    "SIOCINQ",
+    "SIOCOUTQ",
+    "SIOCOUTQNSD",
+    "SYSCTLS",
+    "BufferSizes",
+    "TcpInfo",
+    "buffer_sizes",
+    "host_info",
+    "netstat_counters",
+    "queue_in",
+    "queue_out",
+    "queue_out_unsent",
+    "read_sysctls",
+    "tcp_info",
+    "tcp_info_reader",
+]
+
+IS_LINUX = sys.platform.startswith("linux")
+
+# ioctl request numbers from include/uapi/linux/sockios.h and asm-generic/ioctls.h.
+SIOCINQ = 0x541B  # == FIONREAD
+SIOCOUTQ = 0x5411  # == TIOCOUTQ
+SIOCOUTQNSD = 0x894B  # not exported by Python's stdlib
+
+_INT = struct.Struct("i")
+
+# struct tcp_info (include/uapi/linux/tcp.h): (offset, format) of the fields bufdemo
+# reads. A field beyond the length the kernel returned is reported as None: older
+# kernels return a shorter struct (rwnd_limited ~4.10, snd_wnd ~5.4, rcv_wnd ~6.2).
+_TCP_INFO_FIELDS: dict[str, tuple[int, str]] = {
+    "state": (0, "B"),
+    "probes": (3, "B"),
+    "backoff": (4, "B"),
+    "rto_us": (8, "I"),
+    "snd_mss": (16, "I"),
+    "rcv_mss": (20, "I"),
+    "unacked": (24, "I"),
+    "rtt_us": (68, "I"),
+    "snd_cwnd": (80, "I"),
+    "rcv_space": (96, "I"),
+    "segs_out": (136, "I"),
+    "segs_in": (140, "I"),
+    "notsent_bytes": (144, "I"),
+    "data_segs_in": (152, "I"),
+    "data_segs_out": (156, "I"),
+    "busy_time_us": (168, "Q"),
+    "rwnd_limited_us": (176, "Q"),
+    "sndbuf_limited_us": (184, "Q"),
+    "bytes_sent": (200, "Q"),
+    "snd_wnd": (228, "I"),
+    "rcv_wnd": (232, "I"),
+}
+_TCP_INFO_LEN = 280  # what kernel 6.18 returns; asking for more is harmless
+
+
+def _ioctl_int(sock: socket.socket, request: int) -> int | None:
+    if not IS_LINUX:
+        return None
+    try:
+        buf = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
+    except OSError as exc:
+        # EINVAL: listening socket or unsupported request; ENOTTY/EOPNOTSUPP: not TCP.
+        if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP, errno.EBADF):
+            return None
+        raise
+    value: int = _INT.unpack(buf)[0]
+    return value
+
+
+def queue_out(sock: socket.socket) -> int | None:
+    """Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    return _ioctl_int(sock, SIOCOUTQ)
+
+
+def queue_out_unsent(sock: socket.socket) -> int | None:
+    """Bytes in the send queue not yet sent at all (SIOCOUTQNSD)."""
+    return _ioctl_int(sock, SIOCOUTQNSD)
+
+
+def queue_in(sock: socket.socket) -> int | None:
+    """Bytes received and waiting to be read by the application (SIOCINQ)."""
+    return _ioctl_int(sock, SIOCINQ)
+
+
+def _getsockopt_int(sock: socket.socket, level: int, opt: int) -> int | None:
+    try:
+        return sock.getsockopt(level, opt)
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSizes:
+    """SO_SNDBUF and SO_RCVBUF as ``getsockopt`` reads them (bytes of truesize)."""
+
+    sndbuf: int | None
+    rcvbuf: int | None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+def buffer_sizes(sock: socket.socket) -> BufferSizes:
+    return BufferSizes(
+        sndbuf=_getsockopt_int(sock, socket.SOL_SOCKET, socket.SO_SNDBUF),
+        rcvbuf=_getsockopt_int(sock, socket.SOL_SOCKET, socket.SO_RCVBUF),
+    )
+
+
+class TcpInfo(dict[str, int | None]):
+    """Selected fields of ``struct tcp_info``; a field the kernel did not return is None."""
+
+
+def tcp_info(sock: socket.socket) -> TcpInfo | None:
+    """Read TCP_INFO, or None where the platform has no Linux-layout tcp_info."""
+    if not IS_LINUX or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    info = TcpInfo()
+    for name, (offset, fmt) in _TCP_INFO_FIELDS.items():
+        end = offset + struct.calcsize(fmt)
+        info[name] = struct.unpack_from(fmt, raw, offset)[0] if len(raw) >= end else None
+    return info
+
+
+def tcp_info_reader(sock: socket.socket) -> Callable[[], tuple[int | None, ...] | None]:
+    """A zero-argument reader of the :data:`SAMPLED_TCP_INFO` fields of ``sock``.
+
+    The samplers call it every millisecond, so the layout is resolved once here. The
+    reader returns the fields in :data:`SAMPLED_TCP_INFO` order (None for a field the
+    kernel did not return), or None where tcp_info is unavailable.
+    """
+    if not IS_LINUX or not hasattr(socket, "TCP_INFO"):
+        return lambda: None
+    layout = [
+        (offset, fmt, offset + struct.calcsize(fmt))
+        for offset, fmt in (_TCP_INFO_FIELDS[name] for name in SAMPLED_TCP_INFO)
+    ]
+
+    def read() -> tuple[int | None, ...] | None:
+        try:
+            raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            return None
+        n = len(raw)
+        return tuple(
+            struct.unpack_from(fmt, raw, off)[0] if n >= end else None for off, fmt, end in layout
+        )
+
+    return read
+
+
+# The tcp_info fields every periodic sample carries, in column order.
+SAMPLED_TCP_INFO = (
+    "snd_wnd",
+    "rcv_wnd",
+    "notsent_bytes",
+    "rwnd_limited_us",
+    "sndbuf_limited_us",
+    "probes",
+    "backoff",
+)
+
+# Host settings that decide buffer sizes and wake-ups (see docs/run-format.md).
+SYSCTLS = {
+    "tcp_wmem": "net/ipv4/tcp_wmem",
+    "tcp_rmem": "net/ipv4/tcp_rmem",
+    "wmem_max": "net/core/wmem_max",
+    "rmem_max": "net/core/rmem_max",
+    "tcp_notsent_lowat": "net/ipv4/tcp_notsent_lowat",
+    "tcp_moderate_rcvbuf": "net/ipv4/tcp_moderate_rcvbuf",
+}
+
+
+def read_sysctls(root: Path = Path("/proc/sys")) -> dict[str, list[int] | int | None]:
+    """The buffer-related sysctls; None for each one this host does not have."""
+    out: dict[str, list[int] | int | None] = {}
+    for name, rel in SYSCTLS.items():
+        try:
+            fields = [int(x) for x in (root / rel).read_text().split()]
+        except (OSError, ValueError):
+            out[name] = None
+            continue
+        out[name] = fields[0] if len(fields) == 1 else fields
+    return out
+
+
+# TcpExt counters that count zero-window events. They are per network namespace, not
+# per socket: a run reports the delta around itself and labels it as such.
+NETSTAT_COUNTERS = (
+    "TCPToZeroWindowAdv",
+    "TCPFromZeroWindowAdv",
+    "TCPWantZeroWindowAdv",
+    "TCPWinProbe",
+    "TCPZeroWindowDrop",
+    "TCPAbortOnClose",
+)
+
+
+def netstat_counters(path: Path = Path("/proc/net/netstat")) -> dict[str, int] | None:
+    """All TcpExt counters of this network namespace, or None where there is no procfs."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            keys = names.split()[1:]
+            return dict(zip(keys, (int(v) for v in values.split()[1:]), strict=True))
+    return None
+
+
+def host_info() -> dict[str, Any]:
+    """Kernel, Python and buffer sysctls: the facts a run's numbers depend on."""
+    return {
+        "hostname": platform.node(),
+        "system": platform.system(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "sysctls": read_sysctls() if IS_LINUX else None,
+    }
