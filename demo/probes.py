@@ -23,9 +23,9 @@ import platform
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SIOCINQ",
     "SIOCOUTQ",
     "SIOCOUTQNSD",
+    "SO_MEMINFO",
     "SYSCTLS",
     "BufferSizes",
     "TcpInfo",
@@ -44,6 +45,7 @@ __all__ = [
     "queue_out",
     "queue_out_unsent",
     "read_sysctls",
+    "sk_meminfo",
     "tcp_info",
     "tcp_info_reader",
 ]
@@ -138,6 +140,42 @@ def buffer_sizes(sock: socket.socket) -> BufferSizes:
         sndbuf=_getsockopt_int(sock, socket.SOL_SOCKET, socket.SO_SNDBUF),
         rcvbuf=_getsockopt_int(sock, socket.SOL_SOCKET, socket.SO_RCVBUF),
     )
+
+
+# SO_MEMINFO (include/uapi/asm-generic/socket.h) returns u32[SK_MEMINFO_VARS] in this
+# order (include/uapi/linux/sock_diag.h). wmem_queued is the truesize the send-buffer
+# limit and the writability rule count, which SIOCOUTQ (payload only) cannot show.
+SO_MEMINFO = 55
+_SK_MEMINFO_FIELDS = (
+    "rmem_alloc",
+    "rcvbuf",
+    "wmem_alloc",
+    "sndbuf",
+    "fwd_alloc",
+    "wmem_queued",
+    "optmem",
+    "backlog",
+    "drops",
+)
+
+
+def sk_meminfo(sock: socket.socket) -> dict[str, int] | None:
+    """The socket's memory accounting (SO_MEMINFO), or None where it is unavailable.
+
+    ``wmem_queued`` is what select()/poll() compare with ``sndbuf``: a TCP socket is
+    writable while ``sndbuf - wmem_queued >= wmem_queued / 2`` (net/core/stream.c).
+    """
+    if not IS_LINUX:
+        return None
+    size = 4 * len(_SK_MEMINFO_FIELDS)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+    except OSError:
+        return None
+    if len(raw) < size:
+        return None
+    values = struct.unpack(f"{len(_SK_MEMINFO_FIELDS)}I", raw)
+    return dict(zip(_SK_MEMINFO_FIELDS, values, strict=True))
 
 
 class TcpInfo(dict[str, int | None]):

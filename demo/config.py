@@ -1,0 +1,145 @@
+"""The run's settings: one frozen value object, validated once, passed down.
+
+Every default carries its reason. The CLI builds a :class:`RunConfig` and nothing below
+it reads CLI state; a bad value raises :class:`ConfigError` naming the option and the
+rule, which the CLI turns into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from demo.errors import ConfigError
+from demo.wire import HEADER_SIZE, TOKEN_SIZE
+
+__all__ = [
+    "DEFAULT_MESSAGES",
+    "DEFAULT_RECV_DELAY",
+    "DEFAULT_SAMPLE_INTERVAL",
+    "DEFAULT_SIZE",
+    "Address",
+    "Mode",
+    "RunConfig",
+    "parse_address",
+]
+
+# 100,000 x 1 KiB = ~98 MiB: ~25 times the ~4 MB an autotuned loopback send buffer
+# grows to, so the default run fills and drains the buffer more than ten times.
+DEFAULT_MESSAGES = 100_000
+# 1 KiB: small enough that one message is a tiny fraction of any buffer (the queue
+# moves smoothly), large enough that the framing overhead (24 B) stays below 3%.
+DEFAULT_SIZE = 1024
+# 1 ms of receiver work per message: 1,000 msg/s, roughly 300x slower than the sender
+# can go on loopback here, so the sender is paced by the receiver for almost the whole run.
+DEFAULT_RECV_DELAY = 0.001
+# 1 ms sampling: a stall lasts ~1.4 s with default buffers and tens of ms with small
+# ones; 1 ms resolves both while costing the sampler thread ~1% of a core.
+DEFAULT_SAMPLE_INTERVAL = 0.001
+
+MAX_MESSAGES = 100_000_000  # ~1.6 GB of per-send records; beyond that, use a smaller run
+MAX_SIZE = 16 * 1024 * 1024  # one frame; also the receiver's default bound on a frame
+MAX_RECV_DELAY = 10.0  # seconds per message; more is a mistake, not an experiment
+MAX_BUFFER = 1 << 30  # the kernel clamps to wmem_max/rmem_max anyway; this catches typos
+MIN_SAMPLE_INTERVAL = 0.0001  # below this the sampler thread would compete with the loop
+MAX_TIMEOUT = 7 * 24 * 3600.0
+
+Mode = Literal["blocking", "select"]
+MODES: tuple[Mode, ...] = ("blocking", "select")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str, option: str, *, allow_port_zero: bool = True) -> Address:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise ConfigError(option, f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(option, f"write an IPv6 address as [ADDR]:PORT, got {text!r}")
+    if not port_text.isdigit():
+        raise ConfigError(option, f"port must be a number 0-65535, got {port_text!r}")
+    port = int(port_text)
+    lowest = 0 if allow_port_zero else 1
+    if not lowest <= port <= 65535:
+        raise ConfigError(option, f"port must be {lowest}-65535, got {port}")
+    if any(c.isspace() for c in host):
+        raise ConfigError(option, f"host must not contain spaces, got {host!r}")
+    return Address(host, port)
+
+
+def _check_int(option: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(option, f"must be between {low} and {high}, got {value}")
+
+
+def _check_float(option: str, value: float, low: float, high: float, *, low_open: bool) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(option, f"must be a finite number, got {value}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ConfigError(option, f"must be {bound} and <= {high}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything a run needs; both halves (sender and receiver) take the same object."""
+
+    messages: int = DEFAULT_MESSAGES
+    size: int = DEFAULT_SIZE
+    recv_delay: float = DEFAULT_RECV_DELAY
+    sndbuf: int | None = None
+    rcvbuf: int | None = None
+    mode: Mode = "blocking"
+    sample_interval: float = DEFAULT_SAMPLE_INTERVAL
+    timeout: float | None = None
+    out: Path = Path("runs")
+    plot: bool = True
+    token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
+
+    def __post_init__(self) -> None:
+        _check_int("--messages", self.messages, 1, MAX_MESSAGES)
+        _check_int("--size", self.size, HEADER_SIZE, MAX_SIZE)
+        _check_float("--recv-delay", self.recv_delay, 0.0, MAX_RECV_DELAY, low_open=False)
+        for option, value in (("--sndbuf", self.sndbuf), ("--rcvbuf", self.rcvbuf)):
+            if value is not None:
+                _check_int(option, value, 1, MAX_BUFFER)
+        if self.mode not in MODES:
+            raise ConfigError("--mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _check_float(
+            "--sample-interval", self.sample_interval, MIN_SAMPLE_INTERVAL, 1.0, low_open=False
+        )
+        if self.timeout is not None:
+            _check_float("--timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+        if len(self.token) != TOKEN_SIZE:
+            raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (the token is a secret of the run and is left out)."""
+        d = asdict(self)
+        d.pop("token")
+        d["out"] = str(self.out)
+        return d

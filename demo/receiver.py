@@ -1,0 +1,289 @@
+"""The receiver: a slow consumer with an exact, honest pace.
+
+Service model (``--recv-delay D``): each message costs exactly D seconds of work.
+Message i's service starts at ``max(target_end[i-1], arrival[i])`` and its target end
+is ``start + D``. When the frame was already waiting in the kernel, its arrival is not
+later than the previous target end, so the start is that target: sleep overshoot is
+absorbed, not carried forward, and the achieved mean service time is D. When the
+receiver had to wait for the frame, the start is the moment it arrived: a receiver that
+was idle does not "catch up" with a burst.
+
+The receiver reads exactly one frame at a time (the decoder says how many bytes the
+next frame still needs), so every byte not yet consumed stays in the kernel's receive
+queue, where SIOCINQ and the advertised window can see it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import struct
+import time
+from collections.abc import Callable, MutableSequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demo import probes
+from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig
+from demo.errors import BufdemoError, PeerError, ProtocolError
+from demo.recorder import ConsumedLog, Sampler
+from demo.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
+
+__all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
+
+# How long a new connection may take to present its hello frame before it is dropped:
+# our sender sends it right after connect(); a port scanner or a stray client does not.
+HELLO_TIMEOUT = 2.0
+# Sleep until this close to a target, then spin: time.sleep overshoots ~80 us here.
+SPIN_NS = 100_000
+MAX_REJECTED = 100  # stray connections remembered in receiver.json (the count is exact)
+
+
+@dataclass
+class ReceiverResult:
+    address: str = ""
+    peer: str = ""
+    t_connected_ns: int | None = None
+    t_done_ns: int | None = None
+    messages_expected: int | None = None
+    messages: int = 0
+    intact: int = 0
+    corrupt: int = 0
+    out_of_order: int = 0
+    truncated_bytes: int = 0
+    rejected: int = 0
+    rejected_peers: list[str] = field(default_factory=list)
+    buffers: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def listen(cfg: RunConfig, address: Address) -> socket.socket:
+    """A listening socket; SO_RCVBUF is set before listen() so the window scale fits it."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BufdemoError(
+            f"cannot resolve listen address {address.host!r}: {exc.strerror}"
+        ) from exc
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if cfg.rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.rcvbuf)
+        sock.bind(sockaddr)
+        sock.listen(8)
+    except OSError as exc:
+        sock.close()
+        raise BufdemoError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _read_hello(conn: socket.socket, max_size: int) -> Hello:
+    decoder = Decoder(max_length=HELLO_SIZE)
+    while (msg := decoder.next_message()) is None:
+        data = conn.recv(decoder.bytes_needed())
+        if not data:
+            raise ProtocolError("connection closed before a hello frame")
+        decoder.receive_data(data)
+    hello = decode_hello(msg)
+    if not HEADER_SIZE <= hello.size <= max_size:
+        raise ProtocolError(f"hello announces frames of {hello.size} bytes (max {max_size})")
+    if not 1 <= hello.messages <= MAX_MESSAGES:
+        raise ProtocolError(f"hello announces {hello.messages} messages (max {MAX_MESSAGES})")
+    return hello
+
+
+def accept_sender(
+    lsock: socket.socket,
+    token: bytes | None,
+    result: ReceiverResult,
+    *,
+    max_size: int = MAX_SIZE,
+    timeout: float | None = None,
+) -> tuple[socket.socket, Hello]:
+    """Accept connections until one presents a valid hello (and ``token``, if given).
+
+    Anything else (random bytes, a wrong token, silence) is closed and counted in
+    ``result.rejected``; it never reaches the experiment.
+    """
+    lsock.settimeout(timeout)
+    while True:
+        try:
+            conn, peer = lsock.accept()
+        except TimeoutError as exc:
+            raise PeerError(f"no sender connected within {timeout} s") from exc
+        conn.settimeout(HELLO_TIMEOUT)
+        try:
+            hello = _read_hello(conn, max_size)
+            if token is not None and not hmac.compare_digest(hello.token, token):
+                raise ProtocolError("wrong run token")
+        except (ProtocolError, OSError) as exc:
+            conn.close()
+            result.rejected += 1
+            if len(result.rejected_peers) < MAX_REJECTED:
+                reason = "silent" if isinstance(exc, TimeoutError) else str(exc)
+                result.rejected_peers.append(f"{peer[0]}:{peer[1]}: {reason}")
+            continue
+        conn.settimeout(None)
+        return conn, hello
+
+
+def receive_loop(
+    sock: socket.socket,
+    hello: Hello,
+    recv_delay: float,
+    log: ConsumedLog,
+    result: ReceiverResult,
+) -> None:
+    """Consume frames one at a time at the configured pace until the sender's FIN."""
+    plen = hello.size - HEADER_SIZE
+    decoder = Decoder(max_length=plen)
+    delay_ns = round(recv_delay * 1e9)
+    now = time.perf_counter_ns
+    recv = sock.recv
+    dontwait = socket.MSG_DONTWAIT
+    expected = 0
+    target = 0
+    first = True
+    while True:
+        waited = False
+        while (msg := decoder.next_message()) is None:
+            need = decoder.bytes_needed()
+            try:
+                data = recv(need, dontwait)
+            except BlockingIOError:
+                waited = True
+                try:
+                    data = recv(need)
+                except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO expired
+                    raise PeerError(
+                        f"sender stuck: no data within --timeout after {log.rows} messages"
+                    ) from exc
+            if not data:
+                result.truncated_bytes = decoder.buffered
+                return
+            decoder.receive_data(data)
+        t_read = now()
+        if msg.kind != KIND_DATA:
+            raise ProtocolError(f"unexpected frame kind {msg.kind} after the hello")
+        start = t_read if (waited or first) else target
+        first = False
+        if delay_ns:
+            target = start + delay_ns
+            remaining = target - now()
+            if remaining > SPIN_NS:
+                time.sleep((remaining - SPIN_NS) / 1e9)
+            while now() < target:
+                pass
+        else:
+            target = start
+        t_end = now()
+        in_order = msg.seq == expected
+        intact = msg.intact and in_order and len(msg.payload) == plen
+        expected = msg.seq + 1
+        i = log.rows
+        if i == log.capacity:
+            log.grow()
+        log.seq[i] = msg.seq
+        log.t_read_ns[i] = t_read
+        log.t_start_ns[i] = start
+        log.t_end_ns[i] = t_end
+        log.intact[i] = intact
+        log.rows = i + 1
+        result.messages = i + 1
+        result.t_done_ns = t_end
+        if intact:
+            result.intact += 1
+        else:
+            result.corrupt += not msg.intact
+            result.out_of_order += not in_order
+
+
+def _timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
+
+
+def run_receiver(
+    cfg: RunConfig,
+    address: Address,
+    run_dir: Path,
+    *,
+    token: bytes | None,
+    on_listening: Callable[[Address], None] = lambda a: None,
+    progress: MutableSequence[int] | None = None,
+    max_size: int = MAX_SIZE,
+) -> ReceiverResult:
+    """Listen, accept our sender, consume until its FIN, write the receiver's tables."""
+    result = ReceiverResult()
+    lsock = listen(cfg, address)
+    try:
+        host, port = lsock.getsockname()[:2]
+        result.address = str(Address(host, port))
+        on_listening(Address(host, port))
+        conn, hello = accept_sender(lsock, token, result, max_size=max_size, timeout=cfg.timeout)
+    finally:
+        lsock.close()  # one sender per run: later connections are refused by the kernel
+    result.t_connected_ns = time.perf_counter_ns()
+    peer = conn.getpeername()
+    result.peer = f"{peer[0]}:{peer[1]}"
+    result.messages_expected = hello.messages
+    if cfg.timeout is not None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+    log = ConsumedLog(min(hello.messages, MAX_MESSAGES))
+    sampler = Sampler(
+        conn,
+        cfg.sample_interval,
+        count=lambda: log.rows,
+        progress=progress,
+        extra=lambda: result.intact,
+    )
+    start_sizes = probes.buffer_sizes(conn)
+    try:
+        sampler.start()
+        try:
+            receive_loop(conn, hello, cfg.recv_delay, log, result)
+        except KeyboardInterrupt:
+            result.error = f"interrupted after {log.rows} of {hello.messages} messages"
+            raise
+        except ConnectionResetError as exc:
+            result.error = f"the sender reset the connection after {log.rows} messages"
+            raise PeerError(result.error) from exc
+        except BufdemoError as exc:
+            result.error = str(exc)
+            raise
+        finally:
+            sampler.stop()
+            result.buffers = {
+                "requested": {"sndbuf": None, "rcvbuf": cfg.rcvbuf},
+                "granted_start": start_sizes.as_dict(),
+                "granted_end": probes.buffer_sizes(conn).as_dict(),
+            }
+        if result.messages < hello.messages:
+            partial = (
+                f"; a partial frame of {result.truncated_bytes} bytes (message "
+                f"{result.messages}) was cut off"
+                if result.truncated_bytes
+                else ""
+            )
+            result.error = (
+                f"truncated stream: the sender stopped after {result.messages} of "
+                f"{hello.messages} messages{partial}"
+            )
+        else:
+            result.complete = result.messages == hello.messages
+    finally:
+        if progress is not None:
+            progress[4] = 1
+        conn.close()
+        log.write(run_dir / "consumed.csv")
+        sampler.write(run_dir / "receiver_samples.csv")
+    return result

@@ -1,0 +1,270 @@
+"""The sender: push messages as fast as the kernel accepts them, and record every send.
+
+What a *blocking send* is, exactly (no duration threshold, no guessing):
+
+- mode ``blocking``: each message is first offered with ``send(msg, MSG_DONTWAIT)``.
+  If that raises EAGAIN or accepts only part of the message, the send buffer is full;
+  the queue is probed, the rest goes out with an ordinary blocking ``sendall`` (the
+  kernel puts the process to sleep in ``sk_stream_wait_memory`` and wakes it when the
+  queue has drained to about 2/3 of SO_SNDBUF), and the queue is probed again.
+- mode ``select``: the socket is non-blocking; a send that cannot complete waits for
+  select()'s *writable* event (the lecture's fourth event), which follows the same
+  kernel rule.
+
+When the last message has been handed to the kernel the sender shuts down its writing
+side (FIN after the data) and waits until the receiver has consumed everything and
+closed: the drain phase is still sampled.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from array import array
+from collections.abc import MutableSequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demo import probes
+from demo.config import Address, RunConfig
+from demo.errors import BufdemoError, PeerError
+from demo.recorder import BlockingLog, Sampler, SendLog
+from demo.wire import FrameBuffer, Hello, encode_hello
+
+__all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
+
+# Progress slots a sender fills in a shared array (see demo.run).
+PROGRESS_SLOTS = 5  # count, outq, inq, blocking sends, done
+
+
+@dataclass
+class SenderResult:
+    address: str = ""
+    peer: str = ""
+    t_connected_ns: int | None = None
+    t_done_ns: int | None = None
+    messages: int = 0
+    blocking_sends: int = 0
+    buffers: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
+
+
+def connect(cfg: RunConfig, to: Address) -> socket.socket:
+    """Connect to the receiver; SO_SNDBUF is set before connect, as it must be."""
+    try:
+        infos = socket.getaddrinfo(to.host, to.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PeerError(f"cannot resolve {to.host!r}: {exc.strerror}") from exc
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        if cfg.sndbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.sndbuf)
+        if cfg.timeout is not None:
+            # The kernel's own wait gives up after this long (SO_SNDTIMEO/SO_RCVTIMEO),
+            # so a stuck peer ends the run instead of hanging it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(cfg.timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+            sock.settimeout(cfg.timeout)
+        try:
+            sock.connect(sockaddr)
+        finally:
+            sock.settimeout(None)  # blocking: the send loop relies on real blocking sends
+    except ConnectionRefusedError as exc:
+        sock.close()
+        raise PeerError(f"connection refused by {to}: is the receiver running?") from exc
+    except TimeoutError as exc:
+        sock.close()
+        raise PeerError(f"connecting to {to} timed out after {cfg.timeout} s") from exc
+    except OSError as exc:
+        sock.close()
+        raise PeerError(f"cannot connect to {to}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _probe(sock: socket.socket) -> tuple[int, int, int]:
+    def val(v: int | None) -> int:
+        return -1 if v is None else v
+
+    return (
+        val(probes.queue_out(sock)),
+        val(probes.queue_out_unsent(sock)),
+        val(probes.buffer_sizes(sock).sndbuf),
+    )
+
+
+def send_loop(
+    sock: socket.socket,
+    cfg: RunConfig,
+    log: SendLog,
+    blocking: BlockingLog,
+    sent: MutableSequence[int],
+) -> None:
+    """Send ``cfg.messages`` frames, recording each; ``sent[0]`` counts completed ones.
+
+    Raises :class:`PeerError` if the connection breaks or a wait times out; what was
+    recorded until then stays in ``log`` and ``blocking``.
+    """
+    frame = FrameBuffer(cfg.size)
+    size = cfg.size
+    set_seq = frame.set_seq
+    t_col, d_col, a_col, b_col = log.t_ns, log.duration_ns, log.accepted_first, log.blocked
+    now = time.perf_counter_ns
+    use_select = cfg.mode == "select"
+    if use_select:
+        sock.setblocking(False)
+    send = sock.send
+    dontwait = 0 if use_select else socket.MSG_DONTWAIT
+    seq = 0
+    try:
+        for seq in range(cfg.messages):
+            view = set_seq(seq)
+            t0 = now()
+            try:
+                n = send(view, dontwait)
+            except BlockingIOError:
+                n = 0
+            if n == size:
+                t_col[seq] = t0
+                d_col[seq] = now() - t0
+                a_col[seq] = n
+            else:
+                # A blocking send: the buffer is full. Probe, wait for the kernel, probe.
+                start = _probe(sock)
+                waits = _finish(sock, view[n:], use_select, cfg.timeout)
+                t1 = now()
+                end = _probe(sock)
+                t_col[seq] = t0
+                d_col[seq] = t1 - t0
+                a_col[seq] = n
+                b_col[seq] = 1
+                blocking.append((seq, t0, t1, n, size - n, *start, *end, waits))
+            log.rows = seq + 1
+            sent[0] = seq + 1
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise PeerError(
+            f"the receiver closed the connection ({errno.errorcode.get(exc.errno or 0, exc)}) "
+            f"after {log.rows} of {cfg.messages} messages"
+        ) from exc
+    except (TimeoutError, BlockingIOError) as exc:
+        raise PeerError(
+            f"receiver stuck: no buffer space for {cfg.timeout} s at message {seq} "
+            f"({log.rows} of {cfg.messages} sent); the receiver is not reading"
+        ) from exc
+    finally:
+        if use_select:
+            sock.setblocking(True)
+
+
+def _finish(sock: socket.socket, rest: memoryview, use_select: bool, timeout: float | None) -> int:
+    """Send the rest of a message, waiting as the mode says; return the waits taken."""
+    if not use_select:
+        # SO_SNDTIMEO (if --timeout) bounds each wait; an expired wait raises EAGAIN.
+        sock.sendall(rest)
+        return 1
+    waits = 0
+    while rest:
+        _, writable, _ = select.select([], [sock], [], timeout)
+        waits += 1
+        if not writable:
+            raise TimeoutError("no writable event")
+        try:
+            n = sock.send(rest)
+        except BlockingIOError:
+            continue
+        rest = rest[n:]
+    return waits
+
+
+def _buffers(cfg: RunConfig, start: probes.BufferSizes, end: probes.BufferSizes) -> dict[str, Any]:
+    return {
+        "requested": {"sndbuf": cfg.sndbuf, "rcvbuf": None},
+        "granted_start": start.as_dict(),
+        "granted_end": end.as_dict(),
+    }
+
+
+def run_sender(
+    cfg: RunConfig,
+    to: Address,
+    run_dir: Path,
+    progress: MutableSequence[int] | None = None,
+) -> SenderResult:
+    """Connect, send, drain, and write the sender's tables into ``run_dir``.
+
+    Always writes what it recorded, also when the connection fails part-way or the
+    process is interrupted; the returned result says whether the run was complete.
+    """
+    result = SenderResult(peer=str(to))
+    sock = connect(cfg, to)
+    log = SendLog(cfg.messages, cfg.size)
+    blocking = BlockingLog()
+    sent = array("q", [0])
+    sampler = Sampler(
+        sock,
+        cfg.sample_interval,
+        count=lambda: sent[0],
+        progress=progress,
+        extra=lambda: len(blocking),
+    )
+    try:
+        result.t_connected_ns = time.perf_counter_ns()
+        local = sock.getsockname()
+        result.address = f"{local[0]}:{local[1]}"
+        start_sizes = probes.buffer_sizes(sock)
+        sampler.start()
+        try:
+            sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
+            send_loop(sock, cfg, log, blocking, sent)
+            result.t_done_ns = time.perf_counter_ns()
+            _drain(sock, cfg, log.rows)
+            result.complete = True
+        except BufdemoError as exc:
+            result.error = str(exc)
+            raise
+        except KeyboardInterrupt:
+            result.error = f"interrupted after {log.rows} of {cfg.messages} messages"
+            raise
+        finally:
+            sampler.stop()
+            result.buffers = _buffers(cfg, start_sizes, probes.buffer_sizes(sock))
+    finally:
+        result.messages = log.rows
+        result.blocking_sends = len(blocking)
+        if progress is not None:
+            progress[4] = 1
+        sock.close()
+        log.write(run_dir / "sends.csv")
+        blocking.write(run_dir / "blocking_sends.csv")
+        sampler.write(run_dir / "sender_samples.csv")
+    return result
+
+
+def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
+    """FIN after the data, then wait until the receiver has read it all and closed."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass  # the receiver sends nothing; anything else is ignored
+    except (TimeoutError, BlockingIOError) as exc:
+        raise PeerError(
+            f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
+            f"reading them within {cfg.timeout} s"
+        ) from exc
+    except ConnectionResetError as exc:
+        raise PeerError(
+            f"the receiver reset the connection before reading all {sent} messages"
+        ) from exc

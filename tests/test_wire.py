@@ -1,0 +1,165 @@
+"""The wire format: frames survive any chunking; bad frames are protocol errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from demo.errors import ProtocolError
+from demo.wire import (
+    HEADER_SIZE,
+    KIND_DATA,
+    KIND_HELLO,
+    MAGIC,
+    Decoder,
+    FrameBuffer,
+    Hello,
+    Message,
+    decode_hello,
+    encode_frame,
+    encode_hello,
+)
+
+
+def decode_all(decoder: Decoder, chunks: list[bytes]) -> list[Message]:
+    out = []
+    for chunk in chunks:
+        decoder.receive_data(chunk)
+        while (msg := decoder.next_message()) is not None:
+            out.append(msg)
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+frames = st.lists(
+    st.tuples(st.integers(0, 2**64 - 1), st.binary(max_size=300)), min_size=1, max_size=20
+)
+
+
+@given(frames=frames, cuts=st.lists(st.integers(0, 10_000), max_size=40))
+def test_decoder_yields_the_same_messages_whatever_the_chunking(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    stream = b"".join(encode_frame(KIND_DATA, seq, payload) for seq, payload in frames)
+    expected = [Message(KIND_DATA, seq, payload, True) for seq, payload in frames]
+    assert decode_all(Decoder(300), [stream]) == expected
+    assert decode_all(Decoder(300), split(stream, cuts)) == expected
+    byte_by_byte = [stream[i : i + 1] for i in range(len(stream))]
+    assert decode_all(Decoder(300), byte_by_byte) == expected
+
+
+@given(st.binary(max_size=2000))
+def test_any_bytes_decode_or_raise_protocol_error_and_nothing_else(data: bytes) -> None:
+    decoder = Decoder(max_length=1024)
+    try:
+        for i in range(0, len(data), 7):
+            decoder.receive_data(data[i : i + 7])
+            while (msg := decoder.next_message()) is not None:
+                assert len(msg.payload) <= 1024
+    except ProtocolError:
+        pass
+    assert decoder.buffered <= len(data)
+
+
+@given(st.binary(min_size=1, max_size=4))
+def test_wrong_magic_is_rejected_as_soon_as_it_differs(prefix: bytes) -> None:
+    decoder = Decoder(64)
+    decoder.receive_data(prefix)
+    if MAGIC.startswith(prefix):
+        assert decoder.next_message() is None
+    else:
+        with pytest.raises(ProtocolError, match="bad magic"):
+            decoder.next_message()
+
+
+def test_length_above_maximum_is_a_protocol_error_before_any_allocation() -> None:
+    header = bytearray(encode_frame(KIND_DATA, 1, b""))
+    header[16:20] = (0xFFFFFFFF).to_bytes(4, "big")  # a 4 GB length field
+    decoder = Decoder(max_length=1024)
+    decoder.receive_data(bytes(header))
+    with pytest.raises(ProtocolError, match="exceeds the maximum 1024"):
+        decoder.next_message()
+    assert decoder.buffered == HEADER_SIZE
+
+
+def test_unknown_kind_is_a_protocol_error() -> None:
+    frame = bytearray(encode_frame(KIND_DATA, 1, b"x"))
+    frame[4] = 9
+    decoder = Decoder(16)
+    decoder.receive_data(bytes(frame))
+    with pytest.raises(ProtocolError, match="unknown frame kind 9"):
+        decoder.next_message()
+
+
+@pytest.mark.parametrize("offset", [4, 8, 15, 20, 23, HEADER_SIZE, HEADER_SIZE + 9])
+def test_a_corrupted_byte_outside_the_length_makes_the_message_not_intact(offset: int) -> None:
+    frame = bytearray(encode_frame(KIND_DATA, 7, b"0123456789"))
+    frame[offset] ^= 0x01  # at offset 4: kind 0 -> 1, still a known kind; the CRC catches it
+    decoder = Decoder(64)
+    decoder.receive_data(bytes(frame))
+    msg = decoder.next_message()
+    assert msg is not None
+    assert not msg.intact
+
+
+def test_a_corrupted_length_is_a_protocol_error_or_an_incomplete_frame() -> None:
+    frame = bytearray(encode_frame(KIND_DATA, 7, b"0123456789"))
+    frame[16] ^= 0x01  # length 10 -> 16,777,226: above the maximum
+    decoder = Decoder(64)
+    decoder.receive_data(bytes(frame))
+    with pytest.raises(ProtocolError, match="exceeds the maximum"):
+        decoder.next_message()
+    frame[16] ^= 0x01
+    frame[19] ^= 0x01  # length 10 -> 11: waits for one more byte
+    decoder = Decoder(64)
+    decoder.receive_data(bytes(frame))
+    assert decoder.next_message() is None
+    assert decoder.bytes_needed() == 1
+
+
+def test_bytes_needed_never_reads_past_one_frame() -> None:
+    stream = encode_frame(KIND_DATA, 0, b"a" * 100) + encode_frame(KIND_DATA, 1, b"b" * 5)
+    decoder = Decoder(100)
+    pos, seen = 0, []
+    while pos < len(stream):
+        need = decoder.bytes_needed()
+        decoder.receive_data(stream[pos : pos + need])
+        pos += need
+        if (msg := decoder.next_message()) is not None:
+            seen.append((msg.seq, pos))
+            assert decoder.buffered == 0
+    assert seen == [(0, HEADER_SIZE + 100), (1, 2 * HEADER_SIZE + 105)]
+
+
+def test_frame_buffer_matches_encode_frame_for_every_seq() -> None:
+    fb = FrameBuffer(200)
+    payload = bytes(fb.buf[HEADER_SIZE:])
+    for seq in (0, 1, 255, 2**32 + 5, 2**64 - 1):
+        assert bytes(fb.set_seq(seq)) == encode_frame(KIND_DATA, seq, payload)
+
+
+def test_frame_buffer_rejects_a_size_below_the_header() -> None:
+    with pytest.raises(ValueError, match="smaller than the 24-byte header"):
+        FrameBuffer(HEADER_SIZE - 1)
+
+
+def test_hello_round_trip_and_validation() -> None:
+    hello = Hello(b"t" * 16, 12345, 1024)
+    decoder = Decoder(64)
+    decoder.receive_data(encode_hello(hello))
+    msg = decoder.next_message()
+    assert msg is not None
+    assert msg.kind == KIND_HELLO
+    assert decode_hello(msg) == hello
+    with pytest.raises(ProtocolError, match="expected a hello"):
+        decode_hello(Message(KIND_DATA, 0, b"", True))
+    with pytest.raises(ProtocolError, match="malformed hello"):
+        decode_hello(Message(KIND_HELLO, 0, b"short", True))
