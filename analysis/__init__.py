@@ -1,0 +1,62 @@
+"""bufdemo's analysis: read run directories, find stalls and phases, summarize, plot.
+
+Reads only run directories (docs/run-format.md); never touches sockets or ``demo``.
+
+    load_run(path) -> Run                 the tables, with seconds since t0 beside each *_ns
+    stalls / resumes / phases / ...       pure functions of the tables
+    summarize(run) -> dict                summary.json; format_summary -> lines to print
+    timeline_figure / zoom_figure         Figures; panel helpers take an Axes, return artists
+    save_figures / write_summary          the only functions that write files
+"""
+
+from analysis.load import FORMAT_VERSION, Run, RunFormatError, load_run
+from analysis.plots import (
+    mark_phases,
+    plot_blocking,
+    plot_messages,
+    plot_queues,
+    plot_window,
+    shade_stalls,
+    timeline_figure,
+    zoom_figure,
+)
+from analysis.report import save_figures, summary_json, write_summary
+from analysis.stalls import (
+    Phase,
+    interval_indicator,
+    phases,
+    receiver_seconds,
+    resumes,
+    sender_seconds,
+    service_times,
+    stalls,
+)
+from analysis.summary import format_summary, summarize
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Phase",
+    "Run",
+    "RunFormatError",
+    "format_summary",
+    "interval_indicator",
+    "load_run",
+    "mark_phases",
+    "phases",
+    "plot_blocking",
+    "plot_messages",
+    "plot_queues",
+    "plot_window",
+    "receiver_seconds",
+    "resumes",
+    "save_figures",
+    "sender_seconds",
+    "service_times",
+    "shade_stalls",
+    "stalls",
+    "summarize",
+    "summary_json",
+    "timeline_figure",
+    "write_summary",
+    "zoom_figure",
+]

@@ -6,6 +6,7 @@ as ``ErrorName: message``, Ctrl-C exits 130. No traceback reaches the user.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from array import array
@@ -252,8 +253,7 @@ def _finish_run(
     import analysis
 
     run_data = analysis.load_run(run_dir)
-    summary = analysis.summarize(run_data)
-    analysis.write_summary(run_data, summary)
+    summary = json.loads(analysis.write_summary(run_data).read_text())
     figures: list[Path] = []
     if plot and len(run_data.sends):
         figures = analysis.save_figures(run_data)
@@ -293,7 +293,7 @@ SUMMARY_ROWS = (
     ("resume_queue_ratio_median", "queue at wake-up / at stall (median)", ""),
     ("sender_seconds", "sender done (last message to the kernel)", "s"),
     ("receiver_seconds", "receiver done (last message consumed)", "s"),
-    ("service_seconds_mean", "receiver time per message (mean)", "s"),
+    ("service_seconds_mean", "receiver time per message (mean)", "ms"),
     ("sndbuf_requested", "SO_SNDBUF requested", "B"),
     ("sndbuf_granted", "SO_SNDBUF granted", "B"),
     ("rcvbuf_requested", "SO_RCVBUF requested", "B"),
@@ -305,13 +305,15 @@ SUMMARY_ROWS = (
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> None:
-    table = Table(title=f"bufdemo summary: {run_dir}", show_header=False, title_justify="left")
+    table = Table(title="bufdemo summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column(style="dim")
     for key, label, unit in SUMMARY_ROWS:
         if key in summary:
             value = summary[key]
+            if unit == "ms" and isinstance(value, int | float):
+                value = value * 1e3
             shown = "auto" if value is None and key.endswith("_requested") else _fmt(value)
             table.add_row(label, shown, unit)
     out.print(table)
@@ -526,9 +528,7 @@ def report(
     """Recompute summary.json from a run directory's tables and print it."""
     import analysis
 
-    run_data = analysis.load_run(run_dir)
-    summary = analysis.summarize(run_data)
-    analysis.write_summary(run_data, summary)
+    summary = json.loads(analysis.write_summary(analysis.load_run(run_dir)).read_text())
     if as_json:
         out.print_json(data=summary)
     else:

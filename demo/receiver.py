@@ -38,6 +38,9 @@ HELLO_TIMEOUT = 2.0
 # Sleep until this close to a target, then spin: time.sleep overshoots ~80 us here.
 SPIN_NS = 100_000
 MAX_REJECTED = 100  # stray connections remembered in receiver.json (the count is exact)
+# Rows preallocated from the hello's announced count; beyond this the log grows as
+# messages actually arrive, so a hello cannot make the receiver allocate gigabytes.
+PREALLOC_LIMIT = 1_000_000
 
 
 @dataclass
@@ -87,8 +90,14 @@ def listen(cfg: RunConfig, address: Address) -> socket.socket:
 
 
 def _read_hello(conn: socket.socket, max_size: int) -> Hello:
+    """Read and check the hello; the whole frame must arrive within HELLO_TIMEOUT."""
     decoder = Decoder(max_length=HELLO_SIZE)
+    deadline = time.monotonic() + HELLO_TIMEOUT
     while (msg := decoder.next_message()) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # a peer trickling bytes must not hold the door open
+            raise TimeoutError("no complete hello in time")
+        conn.settimeout(remaining)
         data = conn.recv(decoder.bytes_needed())
         if not data:
             raise ProtocolError("connection closed before a hello frame")
@@ -120,7 +129,6 @@ def accept_sender(
             conn, peer = lsock.accept()
         except TimeoutError as exc:
             raise PeerError(f"no sender connected within {timeout} s") from exc
-        conn.settimeout(HELLO_TIMEOUT)
         try:
             hello = _read_hello(conn, max_size)
             if token is not None and not hmac.compare_digest(hello.token, token):
@@ -238,7 +246,7 @@ def run_receiver(
     result.messages_expected = hello.messages
     if cfg.timeout is not None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
-    log = ConsumedLog(min(hello.messages, MAX_MESSAGES))
+    log = ConsumedLog(min(hello.messages, PREALLOC_LIMIT))
     sampler = Sampler(
         conn,
         cfg.sample_interval,
