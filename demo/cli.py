@@ -540,11 +540,13 @@ def report(
 
 
 def _register_extensions() -> None:
-    try:
-        from demo.lecture_cli import register
-    except ImportError:  # pragma: no cover - the lecture commands are optional
+    """Add the lecture's commands (serve, client, load, lab) where they are installed."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("demo.lecture_cli") is None:  # pragma: no cover
         return
-    register(app)
+    importlib.import_module("demo.lecture_cli").register(app)
 
 
 _register_extensions()
