@@ -20,8 +20,8 @@ run: install
 	$(BIN)/bufdemo run $(ARGS)
 
 lint: install
-	$(BIN)/ruff check demo analysis tests
-	$(BIN)/ruff format --check demo analysis tests
+	$(BIN)/ruff check demo analysis tests bench notebooks
+	$(BIN)/ruff format --check demo analysis tests bench notebooks/build_walkthrough.py
 	$(BIN)/mypy
 
 test: lint
