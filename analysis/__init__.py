@@ -6,6 +6,7 @@ Reads only run directories (docs/run-format.md); never touches sockets or ``demo
     stalls / resumes / phases / ...       pure functions of the tables
     summarize(run) -> dict                summary.json; format_summary -> lines to print
     timeline_figure / zoom_figure         Figures; panel helpers take an Axes, return artists
+    bytes_in_place / kernel_view / compare   where the bytes are, tcp_info's view, runs side by side
     save_figures / write_summary          the only functions that write files
 """
 
@@ -32,18 +33,30 @@ from analysis.stalls import (
     stalls,
 )
 from analysis.summary import format_summary, summarize
+from analysis.views import (
+    bytes_in_place,
+    compare,
+    kernel_view,
+    plot_bytes_in_place,
+    plot_limited,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "Phase",
     "Run",
     "RunFormatError",
+    "bytes_in_place",
+    "compare",
     "format_summary",
     "interval_indicator",
+    "kernel_view",
     "load_run",
     "mark_phases",
     "phases",
     "plot_blocking",
+    "plot_bytes_in_place",
+    "plot_limited",
     "plot_messages",
     "plot_queues",
     "plot_window",

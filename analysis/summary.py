@@ -217,7 +217,10 @@ def _notes(run: Run, out: dict[str, Any], s: pd.DataFrame) -> list[str]:
         else:
             notes.append(
                 f"small receive buffer: {trap}; not seen in this run (the receiver had data "
-                "waiting during stalls); --rcvbuf 131072 or more rules it out"
+                "waiting during stalls): SO_RCVBUF was set before listen(), so the "
+                "handshake showed the small window and the sender cut its segments to fit; "
+                "the trap needs the buffer shrunk after the handshake "
+                "(`bufdemo lab run small-window`)"
             )
     ratio = out["resume_queue_ratio_median"]
     if (
