@@ -203,7 +203,7 @@ def run(
     every send, logs every blocking send with the queues around it, samples both sockets,
     then writes a run directory, a summary and the timeline plot.
     """
-    from demo.run import Progress, run_experiment
+    from demo.run import Progress, create_run_dir, run_experiment, run_label
 
     cfg = _config(
         messages=messages,
@@ -234,6 +234,7 @@ def run(
     def on_progress(p: Progress) -> None:
         latest[0] = p
 
+    run_dir = create_run_dir(cfg.out, run_label(cfg))  # fails here, before any output
     if not as_json:
         err.print(
             f"[bold]bufdemo run[/]: {cfg.messages:,} x {cfg.size} B, receiver "
@@ -242,7 +243,7 @@ def run(
             f"{cfg.rcvbuf if cfg.rcvbuf is not None else 'auto'}, mode {cfg.mode}"
         )
     with _live(render, enabled=err.is_terminal or not as_json):
-        result = run_experiment(cfg, on_progress)
+        result = run_experiment(cfg, on_progress, run_dir=run_dir)
     return _finish_run(result.run_dir, cfg.plot, as_json, result.reason, result.interrupted)
 
 
@@ -262,10 +263,10 @@ def _finish_run(
     else:
         _print_summary(summary, run_dir, figures)
     if interrupted:
-        err.print(f"interrupted: partial run kept in {run_dir}")
+        _one_line(f"interrupted: partial run kept in {run_dir}")
         return 130
     if not summary["complete"]:
-        err.print(f"RunIncomplete: {reason or 'the run did not finish'} (kept in {run_dir})")
+        _one_line(f"RunIncomplete: {reason or 'the run did not finish'} (kept in {run_dir})")
         return 1
     return 0
 
@@ -356,13 +357,15 @@ def receive(
     each, write the receiver's tables. Start it first, then `bufdemo send` (the lecture:
     start the server, then the client).
     """
-    from demo.receiver import run_receiver
-    from demo.run import create_run_dir, write_meta
+    from demo.receiver import ReceiverResult, run_receiver
+    from demo.run import StopSignals, check_out_dir
 
     address = parse_address(listen, "--listen")
     token_bytes = _parse_token(token)
     if not 24 <= max_size <= MAX_SIZE:
-        raise ConfigError("--max-size", f"must be between 24 and {MAX_SIZE}, got {max_size}")
+        raise ConfigError(
+            "--max-size", f"must be between 24 (the frame header) and {MAX_SIZE}, got {max_size}"
+        )
     cfg = _config(
         recv_delay=recv_delay,
         rcvbuf=rcvbuf,
@@ -374,48 +377,96 @@ def receive(
     if not address.is_loopback:
         err.print(
             f"[yellow]warning:[/] listening on {address}: other hosts can reach this port"
-            + ("" if token_bytes else "; pass --token so only your sender is accepted")
+            + ("" if token_bytes else "; pass --token so only your sender is accepted"),
+            soft_wrap=True,
         )
-    run_dir = create_run_dir(cfg.out, f"receive-d{cfg.recv_delay:g}")
+    check_out_dir(cfg.out)
     progress = array("q", [0] * 5)
-    listening: list[Address] = []
+    result = ReceiverResult()
+    made = _LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
     def on_listening(addr: Address) -> None:
-        listening.append(addr)
-        err.print(f"listening on {addr}; now start: bufdemo send --to {addr}")
+        err.print(f"listening on {addr}; now start: bufdemo send --to {addr}", soft_wrap=True)
 
-    def render() -> Group:
-        return _progress_view(
-            max(progress[0], 1), elapsed=0.0, consumed=progress[0], recv_queue=progress[2]
-        )
-
-    result = None
-    try:
-        result = run_receiver(
+    # Ctrl-C or `kill PID`: the first stops the run, later ones cannot cut the writing.
+    with StopSignals(), _kept_on_failure(made, cfg, receiver=result):
+        run_receiver(
             cfg,
             address,
-            run_dir,
+            made.create,
             token=token_bytes,
             on_listening=on_listening,
             progress=progress,
             max_size=max_size,
+            result=result,
         )
-    finally:
-        rec = result.as_dict() if result else None
-        write_meta(
-            run_dir,
-            cfg,
-            sender=None,
-            receiver=rec,
-            netstat=None,
-            complete=bool(result and result.complete),
-            reason=(result.error if result else "receiver failed"),
-        )
-    err.print(f"consumed {result.messages:,} messages ({result.intact:,} intact) -> {run_dir}")
+    counts = f"consumed {result.messages:,} messages ({result.intact:,} intact)"
+    if result.rejected:
+        counts += f", {result.rejected:,} stray connection(s) rejected"
     if not result.complete:
-        err.print(f"RunIncomplete: {result.error}")
+        _one_line(f"RunIncomplete: {result.error} ({counts}; kept in {made.path})")
         return 1
+    err.print(f"{counts} -> {made.path}")
     return 0
+
+
+class _LazyRunDir:
+    """A run directory created only when there is something to record."""
+
+    def __init__(self, out: Path, label: str) -> None:
+        self.out = out
+        self.label = label
+        self.path: Path | None = None
+
+    def create(self) -> Path:
+        from demo.run import create_run_dir
+
+        self.path = create_run_dir(self.out, self.label)
+        return self.path
+
+
+@contextmanager
+def _kept_on_failure(
+    made: _LazyRunDir, cfg: RunConfig, *, sender: Any = None, receiver: Any = None
+) -> Iterator[None]:
+    """Write meta.json into the run directory, if one was made, whatever happens; on a
+    failure, the one-line error names the kept directory. Exactly one of ``sender`` and
+    ``receiver`` (the side's result, filled as the run goes) is given."""
+    from demo.run import write_meta
+
+    side = sender if sender is not None else receiver
+    reason: str | None = None
+    try:
+        yield
+    except KeyboardInterrupt:
+        if made.path is None:
+            raise
+        side.error = side.error or "interrupted"
+        reason = "interrupted by the user"
+        raise Interrupted(f"partial run kept in {made.path}") from None
+    except BufdemoError as exc:
+        if made.path is None or isinstance(exc, ConfigError):
+            raise
+        side.error = side.error or str(exc)
+        reason = side.error
+        raise type(exc)(f"{exc} (partial run kept in {made.path})") from exc
+    finally:
+        if made.path is not None:
+            write_meta(
+                made.path,
+                cfg,
+                sender=sender.as_dict() if sender is not None else None,
+                receiver=receiver.as_dict() if receiver is not None else None,
+                netstat=None,
+                complete=bool(side.complete) and reason is None,
+                reason=reason or side.error or (None if side.complete else "failed"),
+            )
+
+
+class Interrupted(BufdemoError):
+    """Ctrl-C after something was recorded: exit 130, naming the kept run directory."""
+
+    exit_code = 130
 
 
 @app.command()
@@ -435,8 +486,8 @@ def send(
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables.
     """
-    from demo.run import create_run_dir, write_meta
-    from demo.sender import PROGRESS_SLOTS, run_sender
+    from demo.run import StopSignals, check_out_dir
+    from demo.sender import PROGRESS_SLOTS, SenderResult, run_sender
 
     address = parse_address(to, "--to", allow_port_zero=False)
     token_bytes = _parse_token(token)
@@ -450,9 +501,11 @@ def send(
         timeout=timeout,
         **({"token": token_bytes} if token_bytes else {}),
     )
-    run_dir = create_run_dir(cfg.out, f"send-n{cfg.messages}")
+    check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
     started = [0.0]
+    result = SenderResult()
+    made = _LazyRunDir(cfg.out, f"send-n{cfg.messages}")
 
     def render() -> Group:
         return _progress_view(
@@ -463,22 +516,16 @@ def send(
             blocking=progress[3],
         )
 
-    result = None
-    try:
-        with _live(render, enabled=err.is_terminal):
-            started[0] = _now()
-            result = run_sender(cfg, address, run_dir, progress=progress)
-    finally:
-        write_meta(
-            run_dir,
-            cfg,
-            sender=result.as_dict() if result else None,
-            receiver=None,
-            netstat=None,
-            complete=bool(result and result.complete),
-            reason=(result.error if result else "sender failed"),
-        )
-    err.print(f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking -> {run_dir}")
+    with (
+        StopSignals(),  # Ctrl-C or `kill PID`: the first stops, later ones are ignored
+        _kept_on_failure(made, cfg, sender=result),
+        _live(render, enabled=err.is_terminal),
+    ):
+        started[0] = _now()
+        run_sender(cfg, address, made.create, progress=progress, result=result)
+    err.print(
+        f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking -> {made.path}"
+    )
     return 0 if result.complete else 1
 
 

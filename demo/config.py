@@ -122,7 +122,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_int("--messages", self.messages, 1, MAX_MESSAGES)
-        _check_int("--size", self.size, HEADER_SIZE, MAX_SIZE)
+        if not HEADER_SIZE <= self.size <= MAX_SIZE:
+            raise ConfigError(
+                "--size",
+                f"must be between {HEADER_SIZE} and {MAX_SIZE} (a message is at least its "
+                f"{HEADER_SIZE}-byte frame header), got {self.size}",
+            )
         _check_float("--recv-delay", self.recv_delay, 0.0, MAX_RECV_DELAY, low_open=False)
         for option, value in (("--sndbuf", self.sndbuf), ("--rcvbuf", self.rcvbuf)):
             if value is not None:

@@ -11,6 +11,11 @@ was idle does not "catch up" with a burst.
 The receiver reads exactly one frame at a time (the decoder says how many bytes the
 next frame still needs), so every byte not yet consumed stays in the kernel's receive
 queue, where SIOCINQ and the advertised window can see it.
+
+What reaches the loop: only the connection that presented a valid hello (and the run's
+token, if one is set) within HELLO_TIMEOUT; strays are closed and counted. Then the
+listener is closed. The consumed log is checkpointed to ``consumed.csv`` every 0.5 s by
+the sampler thread, so even a SIGKILLed receiver leaves what it consumed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 from demo import probes
 from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig
 from demo.errors import BufdemoError, PeerError, ProtocolError
-from demo.recorder import ConsumedLog, Sampler
+from demo.recorder import ConsumedLog, Sampler, TableCheckpoint
 from demo.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
@@ -150,8 +155,12 @@ def receive_loop(
     recv_delay: float,
     log: ConsumedLog,
     result: ReceiverResult,
+    timeout: float | None = None,
 ) -> None:
-    """Consume frames one at a time at the configured pace until the sender's FIN."""
+    """Consume frames one at a time at the configured pace until the sender's FIN.
+
+    ``timeout`` only names the SO_RCVTIMEO the caller set, for the error message.
+    """
     plen = hello.size - HEADER_SIZE
     decoder = Decoder(max_length=plen)
     delay_ns = round(recv_delay * 1e9)
@@ -173,7 +182,8 @@ def receive_loop(
                     data = recv(need)
                 except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO expired
                     raise PeerError(
-                        f"sender stuck: no data within --timeout after {log.rows} messages"
+                        f"sender stuck: no data for {timeout} s after {log.rows} of "
+                        f"{hello.messages} messages; the sender is not sending"
                     ) from exc
             if not data:
                 result.truncated_bytes = decoder.buffered
@@ -220,50 +230,77 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", sec, int((seconds - sec) * 1e6))
 
 
+_ACCEPT_TIMEOUT_FROM_CONFIG = -1.0  # sentinel: "use cfg.timeout" (None means no limit)
+
+
 def run_receiver(
     cfg: RunConfig,
     address: Address,
-    run_dir: Path,
+    run_dir: Path | Callable[[], Path],
     *,
     token: bytes | None,
     on_listening: Callable[[Address], None] = lambda a: None,
     progress: MutableSequence[int] | None = None,
     max_size: int = MAX_SIZE,
+    accept_timeout: float | None = _ACCEPT_TIMEOUT_FROM_CONFIG,
+    result: ReceiverResult | None = None,
 ) -> ReceiverResult:
-    """Listen, accept our sender, consume until its FIN, write the receiver's tables."""
-    result = ReceiverResult()
+    """Listen, accept our sender, consume until its FIN, write the receiver's tables.
+
+    ``run_dir`` may be a callable that creates it: it is then called only once a sender
+    has been accepted, so a receiver that fails before (port in use, no sender within
+    ``accept_timeout``, Ctrl-C while waiting) leaves no run directory behind.
+    ``accept_timeout`` defaults to ``cfg.timeout``; None waits for ever. Pass ``result``
+    to keep the record when this raises: it is filled as the run goes.
+    """
+    result = result if result is not None else ReceiverResult()
+    if accept_timeout == _ACCEPT_TIMEOUT_FROM_CONFIG:
+        accept_timeout = cfg.timeout
     lsock = listen(cfg, address)
     try:
         host, port = lsock.getsockname()[:2]
         result.address = str(Address(host, port))
         on_listening(Address(host, port))
-        conn, hello = accept_sender(lsock, token, result, max_size=max_size, timeout=cfg.timeout)
+        conn, hello = accept_sender(lsock, token, result, max_size=max_size, timeout=accept_timeout)
     finally:
         lsock.close()  # one sender per run: later connections are refused by the kernel
-    result.t_connected_ns = time.perf_counter_ns()
-    peer = conn.getpeername()
-    result.peer = f"{peer[0]}:{peer[1]}"
-    result.messages_expected = hello.messages
-    if cfg.timeout is not None:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+    try:
+        result.t_connected_ns = time.perf_counter_ns()
+        peer = conn.getpeername()
+        result.peer = f"{peer[0]}:{peer[1]}"
+        result.messages_expected = hello.messages
+        if cfg.timeout is not None:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+        if callable(run_dir):
+            run_dir = run_dir()
+    except BaseException:
+        conn.close()
+        raise
     log = ConsumedLog(min(hello.messages, PREALLOC_LIMIT))
+    consumed_path = run_dir / "consumed.csv"
+    samples_path = run_dir / "receiver_samples.csv"
     sampler = Sampler(
         conn,
         cfg.sample_interval,
         count=lambda: log.rows,
         progress=progress,
         extra=lambda: result.intact,
+        checkpoints=[TableCheckpoint(consumed_path, log.columns, lambda: log.rows)],
+        checkpoint_samples=samples_path,
     )
     start_sizes = probes.buffer_sizes(conn)
     try:
         sampler.start()
         try:
-            receive_loop(conn, hello, cfg.recv_delay, log, result)
+            receive_loop(conn, hello, cfg.recv_delay, log, result, timeout=cfg.timeout)
         except KeyboardInterrupt:
             result.error = f"interrupted after {log.rows} of {hello.messages} messages"
             raise
         except ConnectionResetError as exc:
-            result.error = f"the sender reset the connection after {log.rows} messages"
+            result.error = (
+                f"the sender reset the connection after {log.rows} of {hello.messages} "
+                f"messages; message {log.rows} never arrived whole"
+            )
             raise PeerError(result.error) from exc
         except BufdemoError as exc:
             result.error = str(exc)
@@ -276,15 +313,15 @@ def run_receiver(
                 "granted_end": probes.buffer_sizes(conn).as_dict(),
             }
         if result.messages < hello.messages:
-            partial = (
-                f"; a partial frame of {result.truncated_bytes} bytes (message "
-                f"{result.messages}) was cut off"
+            cut = (
+                f"message {result.messages} arrived only in part "
+                f"({result.truncated_bytes} of {hello.size} bytes)"
                 if result.truncated_bytes
-                else ""
+                else f"message {result.messages} never arrived"
             )
             result.error = (
-                f"truncated stream: the sender stopped after {result.messages} of "
-                f"{hello.messages} messages{partial}"
+                f"truncated stream: the sender closed the connection after "
+                f"{result.messages} of {hello.messages} messages; {cut}"
             )
         else:
             result.complete = result.messages == hello.messages
@@ -292,6 +329,6 @@ def run_receiver(
         if progress is not None:
             progress[4] = 1
         conn.close()
-        log.write(run_dir / "consumed.csv")
-        sampler.write(run_dir / "receiver_samples.csv")
+        log.write(consumed_path)
+        sampler.write(samples_path)
     return result

@@ -9,6 +9,20 @@ Both children write their own tables into the run directory, also when they fail
 interrupted; this process then merges their records into ``meta.json`` with the host's
 facts and the kernel counters' delta, and says whether the run is complete and, if not,
 why. A run directory is created fresh and never reused.
+
+Faults, and what this module does about them (docs/reliability.md has the full list):
+
+- one side dies or fails: the survivor may go on while it makes progress (a receiver
+  still draining what a killed sender had queued); after GRACE without progress it is
+  asked to stop (SIGINT, SIGCONT in case it was stopped), then killed;
+- a side killed outright (SIGKILL) writes no record: meta.json names the signal and keeps
+  the last counts this process saw in the live progress (``last_progress``); the
+  receiver's own checkpoints keep what it consumed until half a second before;
+- Ctrl-C / SIGTERM on this process (alone or with its process group): both children stop
+  and write their tables, meta.json says "interrupted", and a second Ctrl-C cannot cut
+  that short. The children are started with SIGINT/SIGTERM blocked, so a Ctrl-C during
+  their start-up is held until they can handle it (no traceback from a half-started
+  interpreter); each child also stops by itself if this process disappears.
 """
 
 from __future__ import annotations
@@ -20,11 +34,13 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +52,8 @@ __all__ = [
     "FORMAT_VERSION",
     "Progress",
     "RunResult",
+    "StopSignals",
+    "check_out_dir",
     "create_run_dir",
     "run_experiment",
     "write_meta",
@@ -45,7 +63,11 @@ FORMAT_VERSION = 1
 LOOPBACK = Address("127.0.0.1", 0)
 READY_TIMEOUT = 30.0  # receiver start-up: a spawned interpreter importing bufdemo
 GRACE = 2.0  # after one side fails or on Ctrl-C, how long the other may take to stop
+# Writing the tables after a stop: measured ~0.35 us per row here; 2 us leaves room for
+# a busy machine, so a stopped child is not killed while it writes what it recorded.
+WRITE_SECONDS_PER_ROW = 2e-6
 PROGRESS_SLOTS = 5  # count, outq, inq, extra (blocking sends / intact), done
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 EXIT_INTERRUPTED = 130
 
@@ -68,6 +90,23 @@ class RunResult:
     complete: bool
     reason: str | None
     interrupted: bool = False
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail early if run directories cannot be created under ``out`` (nothing is created).
+
+    The by-hand halves call this before they connect and create their run directory
+    only once there is something to record.
+    """
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"cannot create output directory {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create output directory {out}: {probe} is not writable")
 
 
 def create_run_dir(out: Path, label: str) -> Path:
@@ -100,30 +139,56 @@ def run_label(cfg: RunConfig) -> str:
     return "-".join(parts)
 
 
-def _interrupt_once(signum: int, frame: object) -> None:
-    # The first Ctrl-C/SIGTERM stops the loop; later ones must not cut the log writing.
+def _ignore_stop_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    # The first Ctrl-C/SIGTERM stops the loop; later ones must not cut the log writing.
+    _ignore_stop_signals()
     raise KeyboardInterrupt
 
 
-def _side_main(role: str, run_dir: Path, body: Callable[[], Any]) -> None:
-    """Run one side in a child process: record its result, exit 0/1/130, no traceback."""
+def _stop_when_orphaned() -> None:
+    """If the orchestrator disappears (SIGKILL), stop this child as if interrupted."""
+    parent = mp.parent_process()
+    if parent is None:  # pragma: no cover - always set in a spawned child
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent process has gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bufdemo-orphan-watch", daemon=True).start()
+
+
+def _side_main(role: str, run_dir: Path, result: Any, body: Callable[[], object]) -> None:
+    """Run one side in a child process: record its result, exit 0/1/130, no traceback.
+
+    The child starts with SIGINT/SIGTERM blocked (see :func:`_start`); they are
+    unblocked only once the handler is in place, so a Ctrl-C that arrived during
+    start-up is handled here, as an interruption. ``result`` (a SenderResult or
+    ReceiverResult) is filled by ``body`` as it goes and written also when it raises.
+    """
     signal.signal(signal.SIGINT, _interrupt_once)
     signal.signal(signal.SIGTERM, _interrupt_once)
     code = 0
-    result: dict[str, Any] | None = None
     error: str | None = None
     try:
-        result = body().as_dict()
-        code = 0 if result.get("complete") else 1
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        _stop_when_orphaned()
+        body()
+        _ignore_stop_signals()  # done: nothing left to interrupt but the record below
+        code = 0 if result.complete else 1
     except KeyboardInterrupt:
         error, code = "interrupted", EXIT_INTERRUPTED
     except BufdemoError as exc:
         error, code = str(exc), 1
     except Exception as exc:  # a bug: still leave a record, never a bare traceback
         error, code = f"{type(exc).__name__}: {exc}", 1
-    record: dict[str, Any] = result if result is not None else {"complete": False}
+    _ignore_stop_signals()
+    record: dict[str, Any] = result.as_dict()
     if error is not None and not record.get("error"):
         record["error"] = error
     (run_dir / f"{role}.json").write_text(json.dumps(record, indent=2))
@@ -133,17 +198,28 @@ def _side_main(role: str, run_dir: Path, body: Callable[[], Any]) -> None:
 def _receiver_child(
     cfg: RunConfig, run_dir: Path, ready: Connection, progress: Any
 ) -> None:  # pragma: no cover - runs in a child process
-    from demo.receiver import run_receiver
+    from demo.receiver import ReceiverResult, run_receiver
 
     def on_listening(addr: Address) -> None:
         ready.send((addr.host, addr.port))
         ready.close()
 
+    result = ReceiverResult()
     _side_main(
         "receiver",
         run_dir,
+        result,
         lambda: run_receiver(
-            cfg, LOOPBACK, run_dir, token=cfg.token, on_listening=on_listening, progress=progress
+            cfg,
+            LOOPBACK,
+            run_dir,
+            token=cfg.token,
+            on_listening=on_listening,
+            progress=progress,
+            # The sender is spawned right after listen(): it connects within its start-up
+            # time, whatever --timeout says about waits during the run.
+            accept_timeout=READY_TIMEOUT,
+            result=result,
         ),
     )
 
@@ -151,9 +227,15 @@ def _receiver_child(
 def _sender_child(
     cfg: RunConfig, to: Address, run_dir: Path, progress: Any
 ) -> None:  # pragma: no cover - runs in a child process
-    from demo.sender import run_sender
+    from demo.sender import SenderResult, run_sender
 
-    _side_main("sender", run_dir, lambda: run_sender(cfg, to, run_dir, progress=progress))
+    result = SenderResult()
+    _side_main(
+        "sender",
+        run_dir,
+        result,
+        lambda: run_sender(cfg, to, run_dir, progress=progress, result=result),
+    )
 
 
 def _read_side(run_dir: Path, role: str) -> dict[str, Any] | None:
@@ -164,6 +246,24 @@ def _read_side(run_dir: Path, role: str) -> dict[str, Any] | None:
         return None
     path.unlink()
     return data
+
+
+def _exit_description(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"ended with exit code {code}"
+
+
+def _tidy_after_death(run_dir: Path) -> None:
+    """A side killed mid-write: cut a checkpoint's partial line, drop ``*.part`` files."""
+    from demo.recorder import trim_partial_line
+
+    for name in ("consumed.csv", "receiver_samples.csv"):
+        trim_partial_line(run_dir / name)
+    for part in run_dir.glob("*.part"):
+        with contextlib.suppress(OSError):
+            part.unlink()
 
 
 def _netstat_delta(
@@ -189,6 +289,7 @@ def write_meta(
     netstat: dict[str, Any] | None,
     complete: bool,
     reason: str | None,
+    last_progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     t0 = (sender or {}).get("t_connected_ns") or (receiver or {}).get("t_connected_ns")
     meta = {
@@ -203,21 +304,78 @@ def write_meta(
         "netstat": netstat,
         "outcome": {"complete": complete, "reason": reason},
     }
+    if last_progress is not None:
+        meta["last_progress"] = last_progress
     tmp = run_dir / "meta.json.part"
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(run_dir / "meta.json")
     return meta
 
 
-def _stop(proc: mp.process.BaseProcess, sig: int = signal.SIGINT) -> None:
-    """Ask a child to stop (it writes its logs), then insist."""
-    if proc.is_alive() and proc.pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-    proc.join(GRACE)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a child is started: it inherits the blocked mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM for a bufdemo process (the orchestrator, a by-hand half),
+    installed in the main thread for the duration of a ``with`` block.
+
+    The first one raises KeyboardInterrupt (while ``raising``); every later one, and any
+    that arrives once cleanup has begun, is only counted: stopping the children and
+    writing the tables and meta.json must not be cut short. SIGTERM is treated like
+    Ctrl-C so that `kill PID` keeps what was recorded and, for `bufdemo run`, does not
+    leave the children running without their orchestrator.
+    """
+
+    def __init__(self) -> None:
+        self.raising = True
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.raising:
+            self.raising = False
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(procs: list[mp.process.BaseProcess], grace: float = GRACE) -> None:
+    """Ask the children to stop, all at once (they write their logs), then insist.
+
+    All at once, as a terminal's Ctrl-C would: stopping the sender first would let the
+    receiver see a closed stream instead of an interruption. SIGCONT follows the SIGINT:
+    a stopped (SIGSTOP) child would otherwise hold the signal pending and be killed
+    without writing anything.
+    """
+    started = [p for p in procs if p.pid is not None]
+    for proc in started:
+        if proc.is_alive() and proc.pid is not None:
+            for sig in (signal.SIGINT, signal.SIGCONT):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+    deadline = time.monotonic() + grace
+    for proc in started:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in started:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def run_experiment(
@@ -226,68 +384,124 @@ def run_experiment(
     *,
     run_dir: Path | None = None,
 ) -> RunResult:
-    """Run one experiment end to end; always leaves a run directory with meta.json."""
+    """Run one experiment end to end; always leaves a run directory with meta.json.
+
+    Ctrl-C (KeyboardInterrupt) or SIGTERM during the run stops both sides and returns
+    a result with ``interrupted=True``; the run directory is complete up to that point.
+    """
     run_dir = run_dir or create_run_dir(cfg.out, run_label(cfg))
     ctx = mp.get_context("spawn")
     send_progress = ctx.RawArray("q", PROGRESS_SLOTS)
     recv_progress = ctx.RawArray("q", PROGRESS_SLOTS)
-    ready_recv, ready_send = ctx.Pipe(duplex=False)
     before = probes.netstat_counters()
-    receiver = ctx.Process(
-        target=_receiver_child,
-        args=(cfg, run_dir, ready_send, recv_progress),
-        name="bufdemo-receiver",
-    )
+    receiver: mp.process.BaseProcess | None = None
     sender: mp.process.BaseProcess | None = None
-    interrupted = False
     failure: str | None = None
+    interrupted = False
+    survivor: str | None = None  # the side stopped by us after the other one failed
     t_start = time.monotonic()
-    try:
-        receiver.start()
-        ready_send.close()
-        if not ready_recv.poll(READY_TIMEOUT):
-            failure = "the receiver did not start listening"
-        else:
+    grace = GRACE + cfg.messages * WRITE_SECONDS_PER_ROW
+    with StopSignals() as interrupts:
+        try:
+            ready_recv, ready_send = ctx.Pipe(duplex=False)
             try:
-                host, port = ready_recv.recv()
-            except EOFError:
-                failure = "the receiver failed before listening"
-        ready_recv.close()
-        if failure is None:
-            sender = ctx.Process(
-                target=_sender_child,
-                args=(cfg, Address(host, port), run_dir, send_progress),
-                name="bufdemo-sender",
-            )
-            sender.start()
-            _watch(receiver, sender, send_progress, recv_progress, on_progress, t_start)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        for proc in (sender, receiver):
-            if proc is not None:
-                _stop(proc)
+                receiver = ctx.Process(
+                    target=_receiver_child,
+                    args=(cfg, run_dir, ready_send, recv_progress),
+                    name="bufdemo-receiver",
+                )
+                with _signals_blocked():
+                    receiver.start()
+                ready_send.close()
+                address = _wait_listening(receiver, ready_recv)
+            finally:
+                ready_send.close()
+                ready_recv.close()
+            if isinstance(address, str):
+                failure = address
+            else:
+                sender = ctx.Process(
+                    target=_sender_child,
+                    args=(cfg, address, run_dir, send_progress),
+                    name="bufdemo-sender",
+                )
+                with _signals_blocked():
+                    sender.start()
+                survivor = _watch(
+                    receiver, sender, send_progress, recv_progress, on_progress, t_start
+                )
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupts.raising = False  # from here on, Ctrl-C is only counted
+        _stop([p for p in (sender, receiver) if p is not None], grace)
+        return _conclude(
+            cfg,
+            run_dir,
+            before=before,
+            sides=(("sender", sender, send_progress), ("receiver", receiver, recv_progress)),
+            failure=failure,
+            interrupted=interrupted or interrupts.count > 0,
+            survivor=survivor,
+        )
+
+
+def _wait_listening(receiver: mp.process.BaseProcess, ready: Connection) -> Address | str:
+    """The receiver's address once it listens, or why it never did."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready.poll(0.1):
+        if not receiver.is_alive():
+            break  # a dead child may still have sent its address before dying
+        if time.monotonic() > deadline:
+            return "the receiver did not start listening"
+    try:
+        host, port = ready.recv()
+    except EOFError:
+        return "the receiver failed before listening"
+    return Address(host, port)
+
+
+def _conclude(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    before: dict[str, int] | None,
+    sides: tuple[tuple[str, mp.process.BaseProcess | None, Any], ...],
+    failure: str | None,
+    interrupted: bool,
+    survivor: str | None = None,
+) -> RunResult:
+    """Merge both sides' records into meta.json and say whether the run is complete."""
     after = probes.netstat_counters()
-    send_rec = _read_side(run_dir, "sender")
-    recv_rec = _read_side(run_dir, "receiver")
-    reasons = [
-        f"{role}: {rec['error']}"
-        for role, rec in (("sender", send_rec), ("receiver", recv_rec))
-        if rec and rec.get("error")
-    ]
+    records = {role: _read_side(run_dir, role) for role, _, _ in sides}
+    reasons = []
+    for role, rec in records.items():
+        if rec and rec.get("error"):
+            if role == survivor:
+                other = "receiver" if role == "sender" else "sender"
+                reasons.append(
+                    f"{role}: stopped by bufdemo run after the {other} failed ({rec['error']})"
+                )
+            else:
+                reasons.append(f"{role}: {rec['error']}")
+    died = False
+    for role, proc, _ in sides:
+        if records[role] is None and proc is not None and proc.exitcode not in (None, 0):
+            died = True  # the cause goes first: the survivor's error is its consequence
+            reasons.insert(0, f"{role} process {_exit_description(proc.exitcode)}")
     if failure:
         reasons.insert(0, failure)
     if interrupted:
         reasons.insert(0, "interrupted by the user")
-    for role, rec, proc in (("sender", send_rec, sender), ("receiver", recv_rec, receiver)):
-        if rec is None and proc is not None and proc.exitcode not in (None, 0):
-            reasons.append(f"{role} process ended with exit code {proc.exitcode}")
+    if died:
+        _tidy_after_death(run_dir)
+    send_rec, recv_rec = records["sender"], records["receiver"]
     complete = (
         not reasons
         and bool(send_rec and send_rec.get("complete"))
         and bool(recv_rec and recv_rec.get("complete"))
     )
     reason = "; ".join(reasons) if reasons else (None if complete else "a side did not finish")
+    progress = {role: prog for role, _, prog in sides}
     write_meta(
         run_dir,
         cfg,
@@ -296,8 +510,20 @@ def run_experiment(
         netstat=_netstat_delta(before, after),
         complete=complete,
         reason=reason,
+        last_progress=_last_progress(progress["sender"], progress["receiver"]),
     )
     return RunResult(run_dir, complete, reason, interrupted)
+
+
+def _last_progress(send_progress: Any, recv_progress: Any) -> dict[str, Any]:
+    """The counts the live display last showed: what is known of a side that died."""
+    return {
+        "source": "the live progress display of bufdemo run (each side's sampler, every "
+        "--sample-interval); a lower bound, the only count left for a side killed "
+        "before it wrote its record",
+        "sender": {"messages": send_progress[0], "blocking_sends": send_progress[3]},
+        "receiver": {"messages": recv_progress[0], "intact": recv_progress[3]},
+    }
 
 
 def _watch(
@@ -307,8 +533,13 @@ def _watch(
     recv_progress: Any,
     on_progress: Callable[[Progress], None],
     t_start: float,
-) -> None:
-    """Report progress until both sides end; if one side dies, give the other GRACE."""
+) -> str | None:
+    """Report progress until both sides end.
+
+    If one side fails, the other may go on while it makes progress (a receiver still
+    draining what a killed sender had queued); after GRACE without progress, return
+    the survivor's role: the caller stops it, and it writes its logs.
+    """
 
     def snapshot() -> Progress:
         return Progress(
@@ -320,13 +551,19 @@ def _watch(
             blocking_sends=send_progress[3],
         )
 
-    first_exit: float | None = None
+    last_counts = (-1, -1)
+    last_change = time.monotonic()
     while sender.is_alive() or receiver.is_alive():
         on_progress(snapshot())
-        failed = [p for p in (sender, receiver) if not p.is_alive() and p.exitcode != 0]
-        if failed and first_exit is None:
-            first_exit = time.monotonic()
-        if first_exit is not None and time.monotonic() - first_exit > GRACE:
-            return  # the caller stops the survivor, which writes its logs
-        sender.join(0.1)
+        now = time.monotonic()
+        counts = (send_progress[0], recv_progress[0])
+        if counts != last_counts:
+            last_counts, last_change = counts, now
+        failed = any(not p.is_alive() and p.exitcode != 0 for p in (sender, receiver))
+        if failed and now - last_change > GRACE:
+            return "sender" if sender.is_alive() else "receiver"
+        # Sleep until a live side ends or 0.1 s passes (joining an ended sender would
+        # return at once and spin a core during the drain phase).
+        mp_wait([p.sentinel for p in (sender, receiver) if p.is_alive()], 0.1)
     on_progress(snapshot())
+    return None

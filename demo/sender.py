@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 from array import array
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,16 +200,27 @@ def _buffers(cfg: RunConfig, start: probes.BufferSizes, end: probes.BufferSizes)
 def run_sender(
     cfg: RunConfig,
     to: Address,
-    run_dir: Path,
+    run_dir: Path | Callable[[], Path],
     progress: MutableSequence[int] | None = None,
+    result: SenderResult | None = None,
 ) -> SenderResult:
     """Connect, send, drain, and write the sender's tables into ``run_dir``.
 
     Always writes what it recorded, also when the connection fails part-way or the
     process is interrupted; the returned result says whether the run was complete.
+    ``run_dir`` may be a callable that creates it: it is then called only once the
+    connection stands, so a sender that cannot connect leaves no run directory behind.
+    Pass ``result`` to keep the record when this raises: it is filled as the run goes.
     """
-    result = SenderResult(peer=str(to))
+    result = result if result is not None else SenderResult()
+    result.peer = str(to)
     sock = connect(cfg, to)
+    if callable(run_dir):
+        try:
+            run_dir = run_dir()
+        except BaseException:
+            sock.close()
+            raise
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()
     sent = array("q", [0])
