@@ -29,3 +29,9 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (issue: performance). Each prints ratios/rates measured in one run.
+bench: install
+	$(BIN)/python -m bench.sender
+	$(BIN)/python -m bench.pacing --default-run
+	$(BIN)/python -m bench.scale

@@ -280,7 +280,7 @@ def plot_messages(
     artists: list[Artist] = []
     sends = run.sends
     if not sends.empty:
-        done = sends["t"].to_numpy() + _col(sends, "duration_ns") / 1e9
+        done = sends["t"].to_numpy()  # when each message was completely handed over
         done = np.sort(done[np.isfinite(done)])
         n = np.arange(1, done.size + 1, dtype="float64")
         w = _window(done, xlim)

@@ -162,30 +162,43 @@ def trim_partial_line(path: Path) -> None:
 
 
 class SendLog:
-    """One row per message, preallocated: ~21 bytes per send in memory."""
+    """One row per message: when it was completely handed to the kernel.
+
+    The hot loop stores one timestamp per message (8 bytes per send in memory).
+    Everything else in sends.csv is derived when the table is written: the duration is
+    the time since the previous message was handed over (framing and, for a blocking
+    send, the wait included); ``accepted_first`` and ``blocked`` come from the
+    blocking-send log, which records each wait exactly.
+    """
 
     def __init__(self, messages: int, size: int) -> None:
         self.size = size
         self.t_ns = _zeros("q", messages)
-        self.duration_ns = _zeros("q", messages)
-        self.accepted_first = _zeros("i", messages)
-        self.blocked = _zeros("b", messages)
+        self.t_start_ns = 0  # when sending began: the first message's duration counts from it
         self.rows = 0  # messages completely handed to the kernel
 
-    def write(self, path: Path) -> None:
+    def columns(self, blocking: BlockingLog) -> dict[str, Sequence[int]]:
         n = self.rows
-        write_table(
-            path,
-            {
-                "seq": range(n),
-                "t_ns": self.t_ns,
-                "duration_ns": self.duration_ns,
-                "bytes": [self.size] * n,
-                "accepted_first": self.accepted_first,
-                "blocked": self.blocked,
-            },
-            n,
-        )
+        t = self.t_ns[:n]
+        previous = array("q", [self.t_start_ns]) + t[:-1] if n else array("q")
+        accepted = [self.size] * n
+        blocked = [0] * n
+        for row in blocking.rows:
+            seq = row[0]
+            if seq < n:
+                accepted[seq] = row[3]
+                blocked[seq] = 1
+        return {
+            "seq": range(n),
+            "t_ns": t,
+            "duration_ns": [a - b for a, b in zip(t, previous, strict=True)],
+            "bytes": [self.size] * n,
+            "accepted_first": accepted,
+            "blocked": blocked,
+        }
+
+    def write(self, path: Path, blocking: BlockingLog) -> None:
+        write_table(path, self.columns(blocking), self.rows)
 
 
 class BlockingLog:
@@ -245,6 +258,14 @@ def _or_missing(value: int | None) -> int:
 class Sampler(threading.Thread):
     """Probe one socket every ``interval`` seconds until :meth:`stop`.
 
+    A *gated* sampler (the sender's) keeps its thread parked while the loop runs: each
+    probe is a system call that releases the GIL, and a thread sampling beside a busy
+    loop turns every one of them into a hand-over of the GIL, which slows the loop far
+    more than the probes cost. The loop samples inline instead (:meth:`sample_if_due`,
+    between blocks of frames), and opens the gate (:meth:`resume`) only while it sleeps
+    in the kernel (a blocking send, the drain), when it does not need the GIL.
+    Samples from both paths go through one lock, so every row is whole and in time order.
+
     ``count`` is read each sample (messages sent or consumed so far). ``progress``, if
     given, receives ``[count, outq, inq, extra()]`` at each sample for a live display
     in another process (a shared array): the hot loop itself never writes to it.
@@ -264,8 +285,14 @@ class Sampler(threading.Thread):
         checkpoints: Sequence[TableCheckpoint] = (),
         checkpoint_samples: Path | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        gated: bool = False,
     ) -> None:
         super().__init__(name="bufdemo-sampler", daemon=True)
+        self._gate = threading.Event()  # set: the thread samples
+        if not gated:
+            self._gate.set()
+        self._lock = threading.Lock()
+        self.next_due_ns = 0  # when an inline sample is next due
         self._checkpoints = list(checkpoints)
         if checkpoint_samples is not None:
             self._checkpoints.append(
@@ -284,9 +311,27 @@ class Sampler(threading.Thread):
         self._tcp_info = probes.tcp_info_reader(sock)
 
     def sample(self) -> None:
+        with self._lock:
+            self._sample()
+
+    def sample_if_due(self, now_ns: int) -> None:
+        """Inline sampling by a gated sampler's loop: one sample if the interval passed."""
+        if now_ns >= self.next_due_ns:
+            self.sample()
+
+    def resume(self) -> None:
+        """Let the thread sample (the loop is about to sleep in the kernel)."""
+        self._gate.set()
+
+    def pause(self) -> None:
+        """Park the thread (the loop runs again and samples inline)."""
+        self._gate.clear()
+
+    def _sample(self) -> None:
         sock = self._sock
         c = self.columns
         t = time.perf_counter_ns()
+        self.next_due_ns = t + self._interval_ns
         count = self._count()
         outq = probes.queue_out(sock)
         inq = probes.queue_in(sock)
@@ -321,6 +366,9 @@ class Sampler(threading.Thread):
         next_checkpoint = next_t + self._checkpoint_ns
         try:
             while not self._stop_event.is_set():
+                self._gate.wait()  # stop() opens it too
+                if self._stop_event.is_set():
+                    break
                 self.sample()
                 if self._checkpoints and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
@@ -336,6 +384,7 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         """Stop sampling after one last sample of the final state."""
         self._stop_event.set()
+        self._gate.set()
         if self.is_alive():
             self.join()
         with contextlib.suppress(OSError):

@@ -48,7 +48,6 @@ __all__ = [
     "TOKEN_SIZE",
     "Decoder",
     "FrameBlock",
-    "FrameBuffer",
     "Hello",
     "Message",
     "decode_hello",
@@ -118,28 +117,6 @@ def decode_hello(message: Message) -> Hello:
             f"malformed hello frame: {len(message.payload)} payload bytes, intact={message.intact}"
         )
     return Hello(*_HELLO.unpack(message.payload))
-
-
-class FrameBuffer:
-    """One reusable data frame, rewritten in place per message (see FrameBlock)."""
-
-    def __init__(self, size: int, fill: bytes = b"bufdemo ") -> None:
-        if size < HEADER_SIZE:
-            raise ValueError(f"frame size {size} is smaller than the {HEADER_SIZE}-byte header")
-        plen = size - HEADER_SIZE
-        payload = (fill * (plen // len(fill) + 1))[:plen]
-        self.size = size
-        self.buf = bytearray(encode_frame(KIND_DATA, 0, payload))
-        self.view = memoryview(self.buf)
-        self._plen = plen
-        self._payload_crc = zlib.crc32(payload)
-
-    def set_seq(self, seq: int) -> memoryview:
-        _FIELDS.pack_into(self.buf, 4, KIND_DATA, seq, self._plen)
-        _CHECKSUM.pack_into(
-            self.buf, 20, header_mix(KIND_DATA, seq, self._plen) ^ self._payload_crc
-        )
-        return self.view
 
 
 class FrameBlock:

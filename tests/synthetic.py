@@ -277,11 +277,14 @@ def write_run(
     seq = np.arange(m.messages, dtype=np.int64)
     if "sender" in sides:
         s_start_ns, s_end_ns = _ns(sim["s_start"]), _ns(sim["s_end"])
+        # As the sender writes it: when each message was completely handed over, and the
+        # time since the previous one was (the first: since its own start).
+        previous_end = np.concatenate((s_start_ns[:1], s_end_ns[:-1]))
         pd.DataFrame(
             {
                 "seq": seq,
-                "t_ns": s_start_ns,
-                "duration_ns": s_end_ns - s_start_ns,
+                "t_ns": s_end_ns,
+                "duration_ns": s_end_ns - previous_end,
                 "bytes": m.size,
                 "accepted_first": np.where(b, 0, m.size),
                 "blocked": sim["blocked"],

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 import analysis
+from demo import probes
 from demo.recorder import TableCheckpoint, trim_partial_line, write_table
 from tests.procs import (
     LONG_RUN,
@@ -244,9 +245,12 @@ def test_sigterm_on_bufdemo_send_keeps_the_partial_run_like_ctrl_c(
         port = never_reads.getsockname()[1]
         sender = bufdemo(["send", "--to", f"127.0.0.1:{port}", "--sndbuf", "16384",
                           "--out", "out"])  # fmt: skip
-        wait_until(lambda: list(tmp_path.glob("out/*")), 60, "the sender's run directory")
-        sender.proc.terminate()
-        code, _, stderr = sender.finish()
+        conn, _ = never_reads.accept()  # accepted, never read from
+        with conn:
+            # Messages have reached the peer's kernel: the sender has recorded sends.
+            wait_until(lambda: (probes.queue_in(conn) or 0) > 4096, 60, "data at the peer")
+            sender.proc.terminate()
+            code, _, stderr = sender.finish()
     assert code == 130
     (run_dir,) = (tmp_path / "out").iterdir()
     assert one_line(stderr) == f"Interrupted: partial run kept in out/{run_dir.name}"

@@ -18,18 +18,24 @@ def test_missing_probe_values_are_written_as_empty_cells(tmp_path: Path) -> None
     assert not (tmp_path / "t.csv.part").exists()
 
 
-def test_send_log_writes_only_the_rows_recorded(tmp_path: Path) -> None:
+def test_send_log_derives_durations_and_blocked_sends_from_the_blocking_log(
+    tmp_path: Path,
+) -> None:
     log = SendLog(messages=10, size=1024)
-    for i in range(4):
-        log.t_ns[i] = 100 + i
-        log.accepted_first[i] = 1024
-    log.blocked[2] = 1
-    log.rows = 4
-    log.write(tmp_path / "sends.csv")
+    log.t_start_ns = 100
+    for i, t in enumerate((110, 130, 5_000, 5_020)):
+        log.t_ns[i] = t
+    log.rows = 4  # rows 4..9 were never sent: not written
+    blocking = BlockingLog()
+    blocking.append((2, 131, 5_000, 300, 724, 0, 0, 0, 0, 0, 0, 1))
+    log.write(tmp_path / "sends.csv", blocking)
     frame = pd.read_csv(tmp_path / "sends.csv")
     assert frame["seq"].tolist() == [0, 1, 2, 3]
+    assert frame["t_ns"].tolist() == [110, 130, 5_000, 5_020]
+    assert frame["duration_ns"].tolist() == [10, 20, 4_870, 20]
     assert frame["bytes"].tolist() == [1024] * 4
     assert frame["blocked"].tolist() == [0, 0, 1, 0]
+    assert frame["accepted_first"].tolist() == [1024, 1024, 300, 1024]
 
 
 def test_consumed_log_grows_past_the_announced_count(tmp_path: Path) -> None:

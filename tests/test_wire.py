@@ -16,7 +16,6 @@ from demo.wire import (
     MAGIC,
     Decoder,
     FrameBlock,
-    FrameBuffer,
     Hello,
     Message,
     decode_hello,
@@ -140,13 +139,6 @@ def test_bytes_needed_never_reads_past_one_frame() -> None:
     assert seen == [(0, HEADER_SIZE + 100), (1, 2 * HEADER_SIZE + 105)]
 
 
-def test_frame_buffer_matches_encode_frame_for_every_seq() -> None:
-    fb = FrameBuffer(200)
-    payload = bytes(fb.buf[HEADER_SIZE:])
-    for seq in (0, 1, 255, 2**32 + 5, 2**64 - 1):
-        assert bytes(fb.set_seq(seq)) == encode_frame(KIND_DATA, seq, payload)
-
-
 @given(first=st.integers(0, 2**64 - 300), size=st.integers(HEADER_SIZE, 2000))
 def test_frame_block_frames_what_encode_frame_would(first: int, size: int) -> None:
     """numpy frames a whole block exactly as the one-at-a-time encoder does."""
@@ -158,10 +150,9 @@ def test_frame_block_frames_what_encode_frame_would(first: int, size: int) -> No
     ]
 
 
-@pytest.mark.parametrize("cls", [FrameBuffer, FrameBlock])
-def test_frames_reject_a_size_below_the_header(cls: type) -> None:
+def test_frames_reject_a_size_below_the_header() -> None:
     with pytest.raises(ValueError, match="smaller than the 24-byte header"):
-        cls(HEADER_SIZE - 1)
+        FrameBlock(HEADER_SIZE - 1)
 
 
 @given(seq=st.integers(0, 2**64 - 1), bit=st.integers(0, 8 * (HEADER_SIZE - 4) - 1))

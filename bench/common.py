@@ -1,0 +1,53 @@
+"""Shared benchmark plumbing: a drain receiver in another process, timing helpers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+
+DRAIN_CHUNK = 1 << 20  # one recv_into of up to 1 MiB: the drain never limits the sender
+
+
+def _drain(listener: socket.socket, ready: Connection) -> None:  # runs in a child
+    ready.send(listener.getsockname()[1])
+    while True:
+        conn, _ = listener.accept()
+        buf = bytearray(DRAIN_CHUNK)
+        view = memoryview(buf)
+        with conn:
+            while conn.recv_into(view):
+                pass
+
+
+@contextmanager
+def drain_receiver() -> Iterator[tuple[str, int]]:
+    """An unthrottled receiver in another process: reads and discards, as fast as it can."""
+    ctx = mp.get_context("fork")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_drain, args=(listener, child), daemon=True)
+    proc.start()
+    port = parent.recv()
+    listener.close()
+    try:
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.join()
+        parent.close()
+        child.close()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:,.0f} .. {hi:,.0f}"
