@@ -52,11 +52,13 @@ _SAMPLE_COLUMNS: dict[str, str] = {
 #: Every table of format 1: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {
     "sends": {
-        "seq": _I64,
+        # int32 where the format bounds the range (seq < 100,000,000 messages; a frame is
+        # at most 16 MiB): 12 bytes a row less on million-message runs.
+        "seq": "int32",
         "t_ns": _I64,
         "duration_ns": _NI64,
-        "bytes": _I64,
-        "accepted_first": _NI64,
+        "bytes": "int32",
+        "accepted_first": "Int32",
         "blocked": "int8",
     },
     "blocking_sends": {

@@ -253,10 +253,15 @@ def summarize(run: Run) -> dict[str, Any]:
     s = stalls(run)
     sends, consumed = run.sends, run.consumed
     snd, rec = run.side("sender"), run.side("receiver")
+    from_progress = False
     if not sends.empty:
         messages_sent: int | None = int(sends["duration_ns"].notna().sum())
     else:
         messages_sent = _int(snd.get("messages"))
+        if messages_sent is None:  # a sender killed before writing anything
+            live = ((run.meta.get("last_progress") or {}).get("sender")) or {}
+            messages_sent = _int(live.get("messages"))
+            from_progress = messages_sent is not None
     if not consumed.empty:
         received: int | None = len(consumed)
         intact: int | None = int(consumed["intact"].sum())
@@ -300,6 +305,13 @@ def summarize(run: Run) -> dict[str, Any]:
         for key in ("blocking_sends", "stall_seconds", "stall_count"):
             out[key] = None  # unknown, not zero: nobody recorded the sender
     out["notes"] = _notes(run, out, s)
+    if from_progress:
+        out["notes"].insert(
+            0,
+            f"messages_sent ({messages_sent:,}) comes from the live progress counter: the "
+            "sender died before writing its tables, so it is a lower bound, not a count "
+            "of recorded sends",
+        )
     return out
 
 

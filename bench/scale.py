@@ -85,9 +85,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-scale-"))
-    log = SendLog(1, 1024)
-    columns = (log.t_ns, log.duration_ns, log.accepted_first, log.blocked)
-    in_memory = sum(col.itemsize for col in columns)
+    # What the sender keeps per send while it runs: one timestamp (the rest of sends.csv
+    # is derived when it is written); the current block's list of stamps comes on top.
+    in_memory = SendLog(1, 1024).t_ns.itemsize
     print("scale: bufdemo run --recv-delay 0 (sender + receiver + CLI, whole process tree)")
     runs: dict[int, Path] = {}
     measured: list[tuple[int, float, int]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import secrets
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ __all__ = [
     "Mode",
     "RunConfig",
     "parse_address",
+    "timeval",
 ]
 
 # 100,000 x 1 KiB = ~98 MiB: ~25 times the ~4 MB an autotuned loopback send buffer
@@ -68,6 +70,13 @@ class Address:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` for SO_SNDTIMEO / SO_RCVTIMEO (how ``--timeout`` reaches the
+    kernel's own waits)."""
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
 
 
 def parse_address(text: str, option: str, *, allow_port_zero: bool = True) -> Address:

@@ -91,6 +91,12 @@ def serve_cmd(
     """
     chosen = parse_model(model)
     address = parse_address(listen, "--listen")
+    if not address.is_loopback:
+        print(
+            f"warning: listening on {address}: other hosts can reach this echo server",
+            file=sys.stderr,
+            flush=True,
+        )
     raise_nofile_limit(SERVER_NOFILE)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:

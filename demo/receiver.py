@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hmac
 import socket
-import struct
 import time
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from demo import probes
-from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig
+from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig, timeval
 from demo.errors import BufdemoError, PeerError, ProtocolError
 from demo.recorder import ConsumedLog, Sampler, TableCheckpoint
 from demo.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
@@ -225,11 +224,6 @@ def receive_loop(
             result.out_of_order += not in_order
 
 
-def _timeval(seconds: float) -> bytes:
-    sec = int(seconds)
-    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
-
-
 _ACCEPT_TIMEOUT_FROM_CONFIG = -1.0  # sentinel: "use cfg.timeout" (None means no limit)
 
 
@@ -270,7 +264,7 @@ def run_receiver(
         result.peer = f"{peer[0]}:{peer[1]}"
         result.messages_expected = hello.messages
         if cfg.timeout is not None:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(cfg.timeout))
         if callable(run_dir):
             run_dir = run_dir()
     except BaseException:

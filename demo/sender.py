@@ -22,7 +22,6 @@ import errno
 import os
 import select
 import socket
-import struct
 import time
 from array import array
 from collections.abc import Callable, MutableSequence
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from demo import probes
-from demo.config import Address, RunConfig
+from demo.config import Address, RunConfig, timeval
 from demo.errors import BufdemoError, PeerError
 from demo.recorder import BlockingLog, Sampler, SendLog
 from demo.wire import FrameBlock, Hello, encode_hello
@@ -58,11 +57,6 @@ class SenderResult:
         return dict(self.__dict__)
 
 
-def _timeval(seconds: float) -> bytes:
-    sec = int(seconds)
-    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
-
-
 def connect(cfg: RunConfig, to: Address) -> socket.socket:
     """Connect to the receiver; SO_SNDBUF is set before connect, as it must be."""
     try:
@@ -77,8 +71,8 @@ def connect(cfg: RunConfig, to: Address) -> socket.socket:
         if cfg.timeout is not None:
             # The kernel's own wait gives up after this long (SO_SNDTIMEO/SO_RCVTIMEO),
             # so a stuck peer ends the run instead of hanging it.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(cfg.timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(cfg.timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(cfg.timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(cfg.timeout))
             sock.settimeout(cfg.timeout)
         try:
             sock.connect(sockaddr)

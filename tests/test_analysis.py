@@ -575,3 +575,17 @@ def test_every_table_of_the_format_is_loaded(default_run: tuple[Path, Truth]) ->
         frame = getattr(run, stem)
         assert not frame.empty
         assert set(TABLES[stem]) <= set(frame.columns)
+
+
+def test_a_killed_senders_count_comes_from_live_progress_and_says_so(tmp_path: Path) -> None:
+    write_run(tmp_path, Model(messages=300), sides=("receiver",))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["last_progress"] = {
+        "source": "live progress display",
+        "sender": {"messages": 250, "blocking_sends": 3},
+        "receiver": {"messages": 200, "intact": 200},
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    s = summarize(load_run(tmp_path))
+    assert s["messages_sent"] == 250
+    assert s["notes"][0].startswith("messages_sent (250) comes from the live progress counter")

@@ -12,6 +12,8 @@ import json
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,6 +202,22 @@ def test_a_non_loopback_listen_address_warns_that_strangers_can_reach_it(
     assert "pass --token" in warning
     assert code == 1
     assert one_line(rest.split("\n", 1)[1]) == "PeerError: no sender connected within 0.5 s"
+
+
+def test_a_server_on_a_non_loopback_address_warns_that_strangers_can_reach_it() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "demo", "serve", "--model", "epoll", "--listen", "0.0.0.0:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        warning = server.stderr.readline()
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    assert warning.startswith("warning: listening on 0.0.0.0:0: other hosts can reach this")
 
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
