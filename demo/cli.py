@@ -34,6 +34,7 @@ from demo.config import (
     parse_address,
 )
 from demo.errors import BufdemoError, ConfigError
+from demo.lecture_cli import register as register_lecture_commands
 
 __all__ = ["app", "main"]
 
@@ -586,17 +587,8 @@ def report(
 # -- entry point -------------------------------------------------------------------
 
 
-def _register_extensions() -> None:
-    """Add the lecture's commands (serve, client, load, lab) where they are installed."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("demo.lecture_cli") is None:  # pragma: no cover
-        return
-    importlib.import_module("demo.lecture_cli").register(app)
-
-
-_register_extensions()
+# The lecture's commands: serve, client, load, lab.
+register_lecture_commands(app)
 
 
 def _one_line(message: str) -> None:
