@@ -176,8 +176,12 @@ def _live(render: Callable[[], Any], enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with Live(get_renderable=render, console=err, refresh_per_second=4, transient=False):
-        yield
+    try:
+        with Live(get_renderable=render, console=err, refresh_per_second=4, transient=False):
+            yield
+    finally:
+        if not err.is_terminal:
+            err.print()  # a file or pipe gets the final frame without its line end
 
 
 # -- run ---------------------------------------------------------------------------
