@@ -35,6 +35,7 @@ from demo.config import (
 )
 from demo.errors import BufdemoError, ConfigError
 from demo.lecture_cli import register as register_lecture_commands
+from demo.recorder import PROGRESS_COUNT, PROGRESS_EXTRA, PROGRESS_OUTQ, PROGRESS_SLOTS
 
 __all__ = ["app", "main"]
 
@@ -386,7 +387,7 @@ def receive(
             soft_wrap=True,
         )
     check_out_dir(cfg.out)
-    progress = array("q", [0] * 5)
+    progress = array("q", [0] * PROGRESS_SLOTS)
     result = ReceiverResult()
     made = _LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
@@ -492,7 +493,7 @@ def send(
     as the kernel accepts them, record every send, write the sender's tables.
     """
     from demo.run import StopSignals, check_out_dir
-    from demo.sender import PROGRESS_SLOTS, SenderResult, run_sender
+    from demo.sender import SenderResult, run_sender
 
     address = parse_address(to, "--to", allow_port_zero=False)
     token_bytes = _parse_token(token)
@@ -516,9 +517,9 @@ def send(
         return _progress_view(
             cfg.messages,
             elapsed=_since(started),
-            sent=progress[0],
-            send_queue=progress[1],
-            blocking=progress[3],
+            sent=progress[PROGRESS_COUNT],
+            send_queue=progress[PROGRESS_OUTQ],
+            blocking=progress[PROGRESS_EXTRA],
         )
 
     with (

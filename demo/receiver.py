@@ -31,7 +31,7 @@ from typing import Any
 from demo import probes
 from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig, timeval
 from demo.errors import BufdemoError, PeerError, ProtocolError
-from demo.recorder import ConsumedLog, Sampler, TableCheckpoint
+from demo.recorder import PROGRESS_DONE, ConsumedLog, Sampler, TableCheckpoint
 from demo.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
@@ -321,7 +321,7 @@ def run_receiver(
             result.complete = result.messages == hello.messages
     finally:
         if progress is not None:
-            progress[4] = 1
+            progress[PROGRESS_DONE] = 1
         conn.close()
         log.write(consumed_path)
         sampler.write(samples_path)

@@ -33,6 +33,12 @@ from demo import probes
 __all__ = [
     "CHECKPOINT_INTERVAL",
     "MISSING",
+    "PROGRESS_COUNT",
+    "PROGRESS_DONE",
+    "PROGRESS_EXTRA",
+    "PROGRESS_INQ",
+    "PROGRESS_OUTQ",
+    "PROGRESS_SLOTS",
     "SAMPLE_COLUMNS",
     "BlockingLog",
     "ConsumedLog",
@@ -44,6 +50,12 @@ __all__ = [
 ]
 
 MISSING = -1  # stored for a probe that returned None; written as an empty cell
+
+# A side's live progress, shared with a display (another process's shared array or a
+# local one): one integer per slot. The sampler fills COUNT..EXTRA; the side sets DONE.
+# EXTRA is the sender's blocking sends or the receiver's intact messages.
+PROGRESS_COUNT, PROGRESS_OUTQ, PROGRESS_INQ, PROGRESS_EXTRA, PROGRESS_DONE = range(5)
+PROGRESS_SLOTS = 5
 # How often a sampler appends new rows to disk (TableCheckpoint): a killed process loses
 # at most this much of its record; each checkpoint costs the thread well under 1 ms at
 # 1,000 messages/s.
@@ -347,10 +359,10 @@ class Sampler(threading.Thread):
         for i, name in enumerate(probes.SAMPLED_TCP_INFO):
             c[name].append(MISSING if info is None else _or_missing(info[i]))
         if self._progress is not None:
-            self._progress[0] = count
-            self._progress[1] = _or_missing(outq)
-            self._progress[2] = _or_missing(inq)
-            self._progress[3] = self._extra()
+            self._progress[PROGRESS_COUNT] = count
+            self._progress[PROGRESS_OUTQ] = _or_missing(outq)
+            self._progress[PROGRESS_INQ] = _or_missing(inq)
+            self._progress[PROGRESS_EXTRA] = self._extra()
 
     def checkpoint(self) -> None:
         """Append what was recorded since the last checkpoint (this thread only)."""

@@ -47,6 +47,13 @@ from typing import Any
 from demo import probes
 from demo.config import Address, RunConfig
 from demo.errors import BufdemoError, RunDirError
+from demo.recorder import (
+    PROGRESS_COUNT,
+    PROGRESS_EXTRA,
+    PROGRESS_INQ,
+    PROGRESS_OUTQ,
+    PROGRESS_SLOTS,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,7 +73,6 @@ GRACE = 2.0  # after one side fails or on Ctrl-C, how long the other may take to
 # Writing the tables after a stop: measured ~0.35 us per row here; 2 us leaves room for
 # a busy machine, so a stopped child is not killed while it writes what it recorded.
 WRITE_SECONDS_PER_ROW = 2e-6
-PROGRESS_SLOTS = 5  # count, outq, inq, extra (blocking sends / intact), done
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 EXIT_INTERRUPTED = 130
@@ -521,8 +527,14 @@ def _last_progress(send_progress: Any, recv_progress: Any) -> dict[str, Any]:
         "source": "the live progress display of bufdemo run (each side's sampler, every "
         "--sample-interval); a lower bound, the only count left for a side killed "
         "before it wrote its record",
-        "sender": {"messages": send_progress[0], "blocking_sends": send_progress[3]},
-        "receiver": {"messages": recv_progress[0], "intact": recv_progress[3]},
+        "sender": {
+            "messages": send_progress[PROGRESS_COUNT],
+            "blocking_sends": send_progress[PROGRESS_EXTRA],
+        },
+        "receiver": {
+            "messages": recv_progress[PROGRESS_COUNT],
+            "intact": recv_progress[PROGRESS_EXTRA],
+        },
     }
 
 
@@ -544,11 +556,11 @@ def _watch(
     def snapshot() -> Progress:
         return Progress(
             elapsed=time.monotonic() - t_start,
-            sent=send_progress[0],
-            consumed=recv_progress[0],
-            send_queue=send_progress[1],
-            recv_queue=recv_progress[2],
-            blocking_sends=send_progress[3],
+            sent=send_progress[PROGRESS_COUNT],
+            consumed=recv_progress[PROGRESS_COUNT],
+            send_queue=send_progress[PROGRESS_OUTQ],
+            recv_queue=recv_progress[PROGRESS_INQ],
+            blocking_sends=send_progress[PROGRESS_EXTRA],
         )
 
     last_counts = (-1, -1)
@@ -556,7 +568,7 @@ def _watch(
     while sender.is_alive() or receiver.is_alive():
         on_progress(snapshot())
         now = time.monotonic()
-        counts = (send_progress[0], recv_progress[0])
+        counts = (send_progress[PROGRESS_COUNT], recv_progress[PROGRESS_COUNT])
         if counts != last_counts:
             last_counts, last_change = counts, now
         failed = any(not p.is_alive() and p.exitcode != 0 for p in (sender, receiver))

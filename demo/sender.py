@@ -32,13 +32,10 @@ from typing import Any
 from demo import probes
 from demo.config import Address, RunConfig, timeval
 from demo.errors import BufdemoError, PeerError
-from demo.recorder import BlockingLog, Sampler, SendLog
+from demo.recorder import PROGRESS_DONE, BlockingLog, Sampler, SendLog
 from demo.wire import FrameBlock, Hello, encode_hello
 
 __all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
-
-# Progress slots a sender fills in a shared array (see demo.run).
-PROGRESS_SLOTS = 5  # count, outq, inq, blocking sends, done
 
 
 @dataclass
@@ -291,7 +288,7 @@ def run_sender(
         result.messages = log.rows
         result.blocking_sends = len(blocking)
         if progress is not None:
-            progress[4] = 1
+            progress[PROGRESS_DONE] = 1
         sock.close()
         log.write(run_dir / "sends.csv", blocking)
         blocking.write(run_dir / "blocking_sends.csv")
