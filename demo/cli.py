@@ -364,7 +364,7 @@ def receive(
     start the server, then the client).
     """
     from demo.receiver import ReceiverResult, run_receiver
-    from demo.run import StopSignals, check_out_dir
+    from demo.run import LazyRunDir, StopSignals, check_out_dir, kept_on_failure
 
     address = parse_address(listen, "--listen")
     token_bytes = _parse_token(token)
@@ -389,13 +389,13 @@ def receive(
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
     result = ReceiverResult()
-    made = _LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
+    made = LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
     def on_listening(addr: Address) -> None:
         err.print(f"listening on {addr}; now start: bufdemo send --to {addr}", soft_wrap=True)
 
     # Ctrl-C or `kill PID`: the first stops the run, later ones cannot cut the writing.
-    with StopSignals(), _kept_on_failure(made, cfg, receiver=result):
+    with StopSignals(), kept_on_failure(made, cfg, receiver=result):
         run_receiver(
             cfg,
             address,
@@ -416,65 +416,6 @@ def receive(
     return 0
 
 
-class _LazyRunDir:
-    """A run directory created only when there is something to record."""
-
-    def __init__(self, out: Path, label: str) -> None:
-        self.out = out
-        self.label = label
-        self.path: Path | None = None
-
-    def create(self) -> Path:
-        from demo.run import create_run_dir
-
-        self.path = create_run_dir(self.out, self.label)
-        return self.path
-
-
-@contextmanager
-def _kept_on_failure(
-    made: _LazyRunDir, cfg: RunConfig, *, sender: Any = None, receiver: Any = None
-) -> Iterator[None]:
-    """Write meta.json into the run directory, if one was made, whatever happens; on a
-    failure, the one-line error names the kept directory. Exactly one of ``sender`` and
-    ``receiver`` (the side's result, filled as the run goes) is given."""
-    from demo.run import write_meta
-
-    side = sender if sender is not None else receiver
-    reason: str | None = None
-    try:
-        yield
-    except KeyboardInterrupt:
-        if made.path is None:
-            raise
-        side.error = side.error or "interrupted"
-        reason = "interrupted by the user"
-        raise Interrupted(f"partial run kept in {made.path}") from None
-    except BufdemoError as exc:
-        if made.path is None or isinstance(exc, ConfigError):
-            raise
-        side.error = side.error or str(exc)
-        reason = side.error
-        raise type(exc)(f"{exc} (partial run kept in {made.path})") from exc
-    finally:
-        if made.path is not None:
-            write_meta(
-                made.path,
-                cfg,
-                sender=sender.as_dict() if sender is not None else None,
-                receiver=receiver.as_dict() if receiver is not None else None,
-                netstat=None,
-                complete=bool(side.complete) and reason is None,
-                reason=reason or side.error or (None if side.complete else "failed"),
-            )
-
-
-class Interrupted(BufdemoError):
-    """Ctrl-C after something was recorded: exit 130, naming the kept run directory."""
-
-    exit_code = 130
-
-
 @app.command()
 def send(
     to: Annotated[str, typer.Option("--to", "-t", help="HOST:PORT of a `bufdemo receive`.")],
@@ -492,7 +433,7 @@ def send(
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables.
     """
-    from demo.run import StopSignals, check_out_dir
+    from demo.run import LazyRunDir, StopSignals, check_out_dir, kept_on_failure
     from demo.sender import SenderResult, run_sender
 
     address = parse_address(to, "--to", allow_port_zero=False)
@@ -511,7 +452,7 @@ def send(
     progress = array("q", [0] * PROGRESS_SLOTS)
     started = [0.0]
     result = SenderResult()
-    made = _LazyRunDir(cfg.out, f"send-n{cfg.messages}")
+    made = LazyRunDir(cfg.out, f"send-n{cfg.messages}")
 
     def render() -> Group:
         return _progress_view(
@@ -524,7 +465,7 @@ def send(
 
     with (
         StopSignals(),  # Ctrl-C or `kill PID`: the first stops, later ones are ignored
-        _kept_on_failure(made, cfg, sender=result),
+        kept_on_failure(made, cfg, sender=result),
         _live(render, enabled=err.is_terminal),
     ):
         started[0] = _now()

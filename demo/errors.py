@@ -5,14 +5,22 @@
     ├── ProtocolError            the peer sent bytes that are not bufdemo frames
     ├── PeerError                the connection failed outside our control
     │                            (refused, reset, broken pipe, timed out); __cause__ kept
-    └── RunDirError              a run directory cannot be created or written
+    ├── RunDirError              a run directory cannot be created or written
+    └── Interrupted              Ctrl-C/SIGTERM after something was recorded: exit 130
 
 Messages are lowercase, one line, and name the rule and the value that broke it.
 """
 
 from __future__ import annotations
 
-__all__ = ["BufdemoError", "ConfigError", "PeerError", "ProtocolError", "RunDirError"]
+__all__ = [
+    "BufdemoError",
+    "ConfigError",
+    "Interrupted",
+    "PeerError",
+    "ProtocolError",
+    "RunDirError",
+]
 
 
 class BufdemoError(Exception):
@@ -41,3 +49,9 @@ class PeerError(BufdemoError):
 
 class RunDirError(BufdemoError):
     """A run directory could not be created or written."""
+
+
+class Interrupted(BufdemoError):
+    """Ctrl-C after something was recorded: exit 130, naming the kept run directory."""
+
+    exit_code = 130

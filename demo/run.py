@@ -46,7 +46,7 @@ from typing import Any
 
 from demo import probes
 from demo.config import Address, RunConfig
-from demo.errors import BufdemoError, RunDirError
+from demo.errors import BufdemoError, ConfigError, Interrupted, RunDirError
 from demo.recorder import (
     PROGRESS_COUNT,
     PROGRESS_EXTRA,
@@ -57,11 +57,13 @@ from demo.recorder import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "LazyRunDir",
     "Progress",
     "RunResult",
     "StopSignals",
     "check_out_dir",
     "create_run_dir",
+    "kept_on_failure",
     "run_experiment",
     "write_meta",
 ]
@@ -270,6 +272,56 @@ def _tidy_after_death(run_dir: Path) -> None:
     for part in run_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             part.unlink()
+
+
+class LazyRunDir:
+    """A run directory created only when there is something to record."""
+
+    def __init__(self, out: Path, label: str) -> None:
+        self.out = out
+        self.label = label
+        self.path: Path | None = None
+
+    def create(self) -> Path:
+        self.path = create_run_dir(self.out, self.label)
+        return self.path
+
+
+@contextlib.contextmanager
+def kept_on_failure(
+    made: LazyRunDir, cfg: RunConfig, *, sender: Any = None, receiver: Any = None
+) -> Iterator[None]:
+    """For a by-hand half (`bufdemo send` / `receive`): write meta.json into the run
+    directory, if one was made, whatever happens; on a failure, the one-line error
+    names the kept directory. Exactly one of ``sender`` and
+    ``receiver`` (the side's result, filled as the run goes) is given."""
+    side = sender if sender is not None else receiver
+    reason: str | None = None
+    try:
+        yield
+    except KeyboardInterrupt:
+        if made.path is None:
+            raise
+        side.error = side.error or "interrupted"
+        reason = "interrupted by the user"
+        raise Interrupted(f"partial run kept in {made.path}") from None
+    except BufdemoError as exc:
+        if made.path is None or isinstance(exc, ConfigError):
+            raise
+        side.error = side.error or str(exc)
+        reason = side.error
+        raise type(exc)(f"{exc} (partial run kept in {made.path})") from exc
+    finally:
+        if made.path is not None:
+            write_meta(
+                made.path,
+                cfg,
+                sender=sender.as_dict() if sender is not None else None,
+                receiver=receiver.as_dict() if receiver is not None else None,
+                netstat=None,
+                complete=bool(side.complete) and reason is None,
+                reason=reason or side.error or (None if side.complete else "failed"),
+            )
 
 
 def _netstat_delta(
