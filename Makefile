@@ -5,13 +5,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?= --recv-delay 0.001
+# The package's sources: a new or renamed module re-links the editable install.
+SOURCES := $(shell find demo analysis -name '*.py' -o -name py.typed 2>/dev/null)
 
 .PHONY: run test lint bench clean install
 
-$(BIN)/bufdemo: pyproject.toml
+# The dependencies, once per pyproject.toml.
+$(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# bufdemo itself, as a strict editable install: a tree of links named as the package
+# is imported (bufdemo, bufdemo.analysis, ...), which mypy can follow; edits to a module
+# show at once, a new module after the next make.
+$(BIN)/bufdemo: $(VENV)/.deps $(SOURCES)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . \
+		--config-settings editable_mode=strict
 	@touch $@
 
 install: $(BIN)/bufdemo
@@ -30,7 +41,7 @@ test: lint
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmarks (issue: performance). Each prints ratios/rates measured in one run.
+# Benchmarks. Each prints ratios/rates measured in one run.
 bench: install
 	$(BIN)/python -m bench.sender
 	$(BIN)/python -m bench.pacing --default-run

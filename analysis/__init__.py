@@ -10,8 +10,8 @@ Reads only run directories (docs/run-format.md); never touches sockets or ``demo
     save_figures / write_summary          the only functions that write files
 """
 
-from analysis.load import FORMAT_VERSION, Run, RunFormatError, load_run
-from analysis.plots import (
+from bufdemo.analysis.load import FORMAT_VERSION, Run, RunFormatError, load_run
+from bufdemo.analysis.plots import (
     mark_phases,
     plot_blocking,
     plot_messages,
@@ -21,8 +21,8 @@ from analysis.plots import (
     timeline_figure,
     zoom_figure,
 )
-from analysis.report import save_figures, summary_json, write_summary
-from analysis.stalls import (
+from bufdemo.analysis.report import save_figures, summary_json, write_summary
+from bufdemo.analysis.stalls import (
     Phase,
     interval_indicator,
     phases,
@@ -32,8 +32,8 @@ from analysis.stalls import (
     service_times,
     stalls,
 )
-from analysis.summary import format_summary, summarize
-from analysis.views import (
+from bufdemo.analysis.summary import format_summary, summarize
+from bufdemo.analysis.views import (
     bytes_in_place,
     compare,
     kernel_view,

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from analysis.load import Run
-from analysis.plots import timeline_figure, zoom_figure
-from analysis.summary import summarize
+from bufdemo.analysis.load import Run
+from bufdemo.analysis.plots import timeline_figure, zoom_figure
+from bufdemo.analysis.summary import summarize
 
 __all__ = ["FIGURE_DPI", "save_figures", "summary_json", "write_summary"]
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 import pandas as pd
 
 if TYPE_CHECKING:
-    from analysis.load import Run
+    from bufdemo.analysis.load import Run
 
 __all__ = [
     "STALL_COLUMNS",

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-
-from analysis.load import Run
-from analysis.stalls import phases, receiver_seconds, sender_seconds, service_times, stalls
+from bufdemo.analysis.load import Run
+from bufdemo.analysis.stalls import phases, receiver_seconds, sender_seconds, service_times, stalls
 
 __all__ = ["LOOPBACK_MSS", "SUMMARY_KEYS", "format_summary", "summarize"]
 

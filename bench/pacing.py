@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import analysis
-from demo import RunConfig, run_experiment
+from bufdemo import RunConfig, analysis, run_experiment
 
 DELAYS = {0.0001: 0.03, 0.001: 0.01, 0.01: 0.01}  # delay -> goal (relative error)
 SECONDS_PER_DELAY = 3.0

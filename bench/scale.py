@@ -24,15 +24,14 @@ import time
 from pathlib import Path
 
 import psutil
-
-from demo.recorder import SendLog
+from bufdemo.experiment.recorder import SendLog
 
 POLL = 0.02
 
 ANALYSE = r"""
 import json, resource, sys, time
 import psutil
-import analysis
+from bufdemo import analysis
 from matplotlib.figure import Figure
 base = psutil.Process().memory_info().rss
 t0 = time.perf_counter()
@@ -60,7 +59,7 @@ def tree_rss(proc: psutil.Process) -> int:
 def timed_run(messages: int, out: Path) -> tuple[float, int, Path]:
     t0 = time.perf_counter()
     popen = subprocess.Popen(
-        [sys.executable, "-m", "demo", "run", "--messages", str(messages), "--recv-delay",
+        [sys.executable, "-m", "bufdemo", "run", "--messages", str(messages), "--recv-delay",
          "0", "--no-plot", "--json", "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

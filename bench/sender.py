@@ -21,11 +21,12 @@ import socket
 import time
 from array import array
 
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.recorder import BlockingLog, Sampler, SendLog
+from bufdemo.experiment.sender import frames_per_block, send_loop
+from bufdemo.experiment.wire import FrameBlock
+
 from bench.common import drain_receiver, median, spread
-from demo.config import RunConfig
-from demo.recorder import BlockingLog, Sampler, SendLog
-from demo.sender import frames_per_block, send_loop
-from demo.wire import FrameBlock
 
 
 def bare(addr: tuple[str, int], n: int, size: int) -> float:

@@ -1,18 +1,35 @@
-"""bufdemo's live experiment: real sockets, real processes, the real kernel.
+"""bufdemo: see TCP send-buffer backpressure on real sockets, real processes, the real kernel.
 
-The public surface::
+Two products share this package and only a few pieces (errors, addresses, probes):
 
-    from demo import RunConfig, run_experiment
+- :mod:`bufdemo.experiment`: the backpressure experiment. A receiver process consumes at
+  a chosen pace, a sender process pushes as fast as the kernel accepts; every send is
+  recorded, every blocking send logged with the queues around it, and a run directory
+  written in the format of :mod:`bufdemo.runformat`.
+- :mod:`bufdemo.lecture`: the socket lecture: fork/thread/select/poll/epoll servers, a
+  line client, a load generator and lab experiments that measure the lecture's claims.
+
+:mod:`bufdemo.analysis` reads run directories; it never touches a socket.
+
+    from bufdemo import RunConfig, run_experiment, analysis
     result = run_experiment(RunConfig(messages=10_000, recv_delay=0.0005))
-    result.run_dir        # a new run directory; read it with analysis.load_run
-
-Everything that touches a socket lives in this package; ``analysis`` only reads the
-run directories it writes (docs/run-format.md).
+    run = analysis.load_run(result.run_dir)
 """
 
-from demo.config import Address, Mode, RunConfig, parse_address
-from demo.errors import BufdemoError, ConfigError, PeerError, ProtocolError, RunDirError
-from demo.run import FORMAT_VERSION, Progress, RunResult, create_run_dir, run_experiment
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("bufdemo")
+except PackageNotFoundError:  # pragma: no cover - imported from a bare source tree
+    __version__ = "0+unknown"
+
+from bufdemo.errors import BufdemoError, ConfigError, PeerError, ProtocolError, RunDirError
+from bufdemo.experiment.config import Mode, RunConfig
+from bufdemo.experiment.run import Progress, RunResult, create_run_dir, run_experiment
+from bufdemo.net import Address, parse_address
+from bufdemo.runformat import FORMAT_VERSION
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,7 +43,20 @@ __all__ = [
     "RunConfig",
     "RunDirError",
     "RunResult",
+    "__version__",
+    "analysis",
     "create_run_dir",
     "parse_address",
     "run_experiment",
 ]
+
+if TYPE_CHECKING:
+    from bufdemo import analysis
+
+
+def __getattr__(name: str) -> Any:
+    # ``bufdemo.analysis`` loads pandas and matplotlib: only when asked for, so that the
+    # sender and receiver processes (which import bufdemo) start without them.
+    if name == "analysis":
+        return import_module("bufdemo.analysis")
+    raise AttributeError(f"module 'bufdemo' has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""``python -m demo`` is ``bufdemo``."""
+"""``python -m bufdemo`` is ``bufdemo``."""
 
 import sys
 
-from demo.cli import main
+from bufdemo.cli import main
 
 sys.exit(main())

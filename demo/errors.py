@@ -6,6 +6,8 @@
     ├── PeerError                the connection failed outside our control
     │                            (refused, reset, broken pipe, timed out); __cause__ kept
     ├── RunDirError              a run directory cannot be created or written
+    ├── RunFormatError           a run directory cannot be read: missing, damaged, or a
+    │                            newer format (also a ValueError)
     └── Interrupted              Ctrl-C/SIGTERM after something was recorded: exit 130
 
 Messages are lowercase, one line, and name the rule and the value that broke it.
@@ -20,6 +22,7 @@ __all__ = [
     "PeerError",
     "ProtocolError",
     "RunDirError",
+    "RunFormatError",
 ]
 
 
@@ -49,6 +52,10 @@ class PeerError(BufdemoError):
 
 class RunDirError(BufdemoError):
     """A run directory could not be created or written."""
+
+
+class RunFormatError(BufdemoError, ValueError):
+    """A run directory is missing, unreadable, or not in a format this version reads."""
 
 
 class Interrupted(BufdemoError):

@@ -46,8 +46,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-import analysis
-from demo import RunConfig, run_experiment
+from bufdemo import RunConfig, analysis, run_experiment
 
 RUNS = Path(tempfile.mkdtemp(prefix="bufdemo-walkthrough-"))
 
@@ -209,7 +208,7 @@ handshake shows the small window and the sender cuts its segment size to fit. Th
     ),
     (
         "code",
-        """from demo import lab
+        """from bufdemo.lecture import lab
 
 verdict(lab.run("small-window"))""",
     ),

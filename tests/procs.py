@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-BUFDEMO = [sys.executable, "-m", "demo"]
+BUFDEMO = [sys.executable, "-m", "bufdemo"]
 
 # A long run that stalls at once and keeps stalling: small buffers, a slow receiver.
 # It never finishes by itself within a test; the test breaks it on purpose.

@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import analysis
-from analysis import (
+from bufdemo import analysis
+from bufdemo.analysis import (
     FORMAT_VERSION,
     RunFormatError,
     format_summary,
@@ -27,9 +24,12 @@ from analysis import (
     summarize,
     write_summary,
 )
-from analysis.load import TABLES
-from analysis.stalls import STALL_COLUMNS
-from analysis.summary import SUMMARY_KEYS
+from bufdemo.analysis.stalls import STALL_COLUMNS
+from bufdemo.analysis.summary import SUMMARY_KEYS
+from bufdemo.runformat import TABLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.synthetic import T0_NS, Model, Truth, write_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from bufdemo.errors import ConfigError
+from bufdemo.experiment.config import RunConfig
+from bufdemo.net import Address, parse_address
 
-from demo.config import Address, RunConfig, parse_address
-from demo.errors import ConfigError
-
-BUFDEMO = [sys.executable, "-m", "demo"]
+BUFDEMO = [sys.executable, "-m", "bufdemo"]
 
 USAGE_CASES = [
     (["run", "--messages", "0"], "--messages"),
@@ -169,7 +169,7 @@ def test_bad_value_names_the_option_and_the_rule_in_one_line_exit_2(
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) run directory to damage copies of."""
-    from demo.run import run_experiment
+    from bufdemo.experiment.run import run_experiment
 
     out = tmp_path_factory.mktemp("good")
     result = run_experiment(RunConfig(messages=20, recv_delay=0, out=out, plot=False))

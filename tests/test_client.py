@@ -18,12 +18,11 @@ from contextlib import contextmanager
 import pexpect
 import psutil
 import pytest
-
-from demo.client import LineReader
-from demo.load import ServerProcess
+from bufdemo.lecture.client import LineReader
+from bufdemo.lecture.loadgen import ServerProcess
 
 TIMEOUT = 10.0
-CLIENT = [sys.executable, "-m", "demo", "client"]
+CLIENT = [sys.executable, "-m", "bufdemo", "client"]
 
 
 def require(tool: str, package: str) -> str:

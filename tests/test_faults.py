@@ -20,10 +20,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from bufdemo import analysis, probes
+from bufdemo.experiment.recorder import TableCheckpoint, trim_partial_line, write_table
 
-import analysis
-from demo import probes
-from demo.recorder import TableCheckpoint, trim_partial_line, write_table
 from tests.procs import (
     LONG_RUN,
     Bufdemo,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from bufdemo.experiment.receiver import HELLO_TIMEOUT
+from bufdemo.experiment.wire import KIND_HELLO, MAGIC, Hello, encode_hello
 
-from demo.receiver import HELLO_TIMEOUT
-from demo.wire import KIND_HELLO, MAGIC, Hello, encode_hello
 from tests.procs import Bufdemo, csv_rows, one_line, only_run_dir, wait_until
 
 TOKEN = "00112233445566778899aabbccddeeff"  # noqa: S105 - a test token, not a secret
@@ -206,7 +206,7 @@ def test_a_non_loopback_listen_address_warns_that_strangers_can_reach_it(
 
 def test_a_server_on_a_non_loopback_address_warns_that_strangers_can_reach_it() -> None:
     server = subprocess.Popen(
-        [sys.executable, "-m", "demo", "serve", "--model", "epoll", "--listen", "0.0.0.0:0"],
+        [sys.executable, "-m", "bufdemo", "serve", "--model", "epoll", "--listen", "0.0.0.0:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

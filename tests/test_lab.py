@@ -13,12 +13,11 @@ import sys
 from typing import Any
 
 import pytest
+from bufdemo.lecture import lab
+from bufdemo.lecture.lab import deadpeer
+from bufdemo.lecture.lab._core import LabResult
 
-from demo import lab
-from demo.lab import deadpeer
-from demo.lab._core import LabResult
-
-CLI = [sys.executable, "-m", "demo", "lab"]
+CLI = [sys.executable, "-m", "bufdemo", "lab"]
 NAMES = [
     "sender-close",
     "receiver-close",

@@ -13,15 +13,21 @@ from pathlib import Path
 
 import pytest
 import typer
+from bufdemo.errors import ConfigError
+from bufdemo.lecture.cli import register
+from bufdemo.lecture.loadgen import (
+    LoadConfig,
+    LoadResult,
+    ModelCost,
+    ServerProcess,
+    plot_cost,
+    run_load,
+)
+from bufdemo.lecture.servers import MODELS
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-from demo.errors import ConfigError
-from demo.lecture_cli import register
-from demo.load import LoadConfig, LoadResult, ModelCost, ServerProcess, plot_cost, run_load
-from demo.servers import MODELS
-
-CLI = [sys.executable, "-m", "demo"]
+CLI = [sys.executable, "-m", "bufdemo"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,14 +11,7 @@ matplotlib.use("Agg")  # no display; the figures use the object API and never ne
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from matplotlib.collections import LineCollection, PathCollection, PolyCollection
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.text import Text
-
-from analysis import (
+from bufdemo.analysis import (
     Run,
     load_run,
     mark_phases,
@@ -33,7 +26,14 @@ from analysis import (
     timeline_figure,
     zoom_figure,
 )
-from analysis.plots import band, envelope, stride
+from bufdemo.analysis.plots import band, envelope, stride
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+
 from tests.synthetic import Model, Truth, write_run
 
 

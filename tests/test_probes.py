@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bufdemo import probes
 
-from demo import probes
 from tests.conftest import Pair, fill
 
 linux_only = pytest.mark.skipif(not probes.IS_LINUX, reason="Linux ioctls and tcp_info layout")

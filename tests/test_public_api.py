@@ -1,13 +1,21 @@
-"""The public surface is what __all__ says, and all of it exists."""
+"""The public surface is what __all__ says, all of it exists, and the package ships whole."""
 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+# The source folders and the import names they are installed under (pyproject.toml).
+FOLDERS = {"demo": "bufdemo", "analysis": "bufdemo.analysis"}
 
-@pytest.mark.parametrize("package", ["demo", "analysis"])
+
+@pytest.mark.parametrize("package", ["bufdemo", "bufdemo.analysis"])
 def test_all_is_complete_and_importable(package: str) -> None:
     module = importlib.import_module(package)
     exported = module.__all__
@@ -22,8 +30,51 @@ def test_all_is_complete_and_importable(package: str) -> None:
     assert public <= set(exported), f"public names missing from {package}.__all__"
 
 
-def test_format_versions_agree() -> None:
-    import analysis
-    import demo
+def test_the_api_reads_as_documented() -> None:
+    from bufdemo import RunConfig, analysis, run_experiment
 
-    assert demo.FORMAT_VERSION == analysis.FORMAT_VERSION
+    assert callable(run_experiment)
+    assert RunConfig().messages > 0
+    assert analysis.load_run is importlib.import_module("bufdemo.analysis.load").load_run
+
+
+def test_format_version_is_defined_once() -> None:
+    import bufdemo
+    from bufdemo import analysis, runformat
+
+    assert bufdemo.FORMAT_VERSION is runformat.FORMAT_VERSION
+    assert analysis.FORMAT_VERSION is runformat.FORMAT_VERSION
+
+
+def test_every_source_package_is_listed_for_the_wheel() -> None:
+    """A folder with an __init__.py that pyproject.toml does not list would be left out
+    of the wheel: every command would fail for anyone who installs with pip."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {v: k for k, v in FOLDERS.items()}
+    found = set()
+    for folder, name in FOLDERS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *parts)))
+    assert set(config["packages"]) == found
+
+
+def test_only_bufdemo_is_a_top_level_import_name() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {name.split(".")[0] for name in config["packages"]} == {"bufdemo"}
+
+
+def test_python_m_bufdemo_prints_the_version_from_any_directory(tmp_path: Path) -> None:
+    import bufdemo
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bufdemo", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"bufdemo {bufdemo.__version__}"
+    assert bufdemo.__version__ != "0+unknown"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
-from demo.recorder import MISSING, BlockingLog, ConsumedLog, SendLog, write_table
+from bufdemo.experiment.recorder import MISSING, BlockingLog, ConsumedLog, SendLog, write_table
 
 
 def test_missing_probe_values_are_written_as_empty_cells(tmp_path: Path) -> None:

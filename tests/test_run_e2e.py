@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-import analysis
-from demo.config import RunConfig
-from demo.run import Progress, run_experiment
+from bufdemo import analysis
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.run import Progress, run_experiment
 
 pytestmark = pytest.mark.slow
 
-BUFDEMO = [sys.executable, "-m", "demo"]
+BUFDEMO = [sys.executable, "-m", "bufdemo"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Each server runs as ``python -m demo serve`` (``bufdemo serve``) in a process of its own (the
 fork model must own its process; and psutil then sees exactly the server). Clients are
-real sockets in this process: the concurrent ones come from demo.load's event loop.
+real sockets in this process: the concurrent ones come from bufdemo.lecture.loadgen's event loop.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-
-from demo.load import LoadConfig, ServerProcess, raise_nofile_limit, run_load
-from demo.servers import FD_SETSIZE, MODELS, REFUSAL, EchoSession, _SelectPoller
+from bufdemo.lecture.loadgen import LoadConfig, ServerProcess, raise_nofile_limit, run_load
+from bufdemo.lecture.servers import FD_SETSIZE, MODELS, REFUSAL, EchoSession, _SelectPoller
 
 EVENT_LOOPS = ("select", "poll", "epoll")
 TIMEOUT = 10.0  # seconds any single wait may take on a loaded 2-core host
@@ -311,7 +310,7 @@ def test_sigterm_stops_as_cleanly_as_ctrl_c(server: Callable[..., ServerProcess]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "demo", *args],
+        [sys.executable, "-m", "bufdemo", *args],
         capture_output=True,
         text=True,
         timeout=60,

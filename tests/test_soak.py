@@ -12,9 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from demo.config import RunConfig
-from demo.run import run_experiment
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.run import run_experiment
 
 RUNS = 50
 

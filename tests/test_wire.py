@@ -5,11 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from demo.errors import ProtocolError
-from demo.wire import (
+from bufdemo.errors import ProtocolError
+from bufdemo.experiment.wire import (
     HEADER_SIZE,
     KIND_DATA,
     KIND_HELLO,
@@ -22,6 +19,8 @@ from demo.wire import (
     encode_frame,
     encode_hello,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def decode_all(decoder: Decoder, chunks: list[bytes]) -> list[Message]:

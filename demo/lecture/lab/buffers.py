@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Any
 
-from demo import probes
-from demo.lab._core import CHUNK, LabResult, loopback_pair
+from bufdemo import probes
+from bufdemo.lecture.lab._core import CHUNK, LabResult, loopback_pair
 
 __all__ = ["buffer_sizes", "small_window", "writable"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from demo.errors import ConfigError
-from demo.lab import buffers, closing, deadpeer, nagle
-from demo.lab._core import LabResult
+from bufdemo.errors import ConfigError
+from bufdemo.lecture.lab import buffers, closing, deadpeer, nagle
+from bufdemo.lecture.lab._core import LabResult
 
 __all__ = ["EXPERIMENTS", "Experiment", "LabResult", "format_result", "get", "run"]
 

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from demo.errors import PeerError
+from bufdemo.errors import PeerError
 
 __all__ = ["ClientStats", "LineReader", "connect", "run_client"]
 

@@ -21,8 +21,8 @@ import socket
 import time
 from typing import Any
 
-from demo import probes
-from demo.lab._core import (
+from bufdemo import probes
+from bufdemo.lecture.lab._core import (
     CHUNK,
     LabResult,
     errno_name,

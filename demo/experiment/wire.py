@@ -37,7 +37,7 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from demo.errors import ProtocolError
+from bufdemo.errors import ProtocolError
 
 __all__ = [
     "HEADER_SIZE",

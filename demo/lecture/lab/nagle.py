@@ -19,8 +19,8 @@ import socket
 import subprocess
 from typing import Any
 
-from demo import probes
-from demo.lab._core import LabResult, peer_command, project_root, read_line_within, wait_until
+from bufdemo import probes
+from bufdemo.lecture.lab._core import LabResult, peer_command, read_line_within, wait_until
 
 __all__ = ["nagle"]
 
@@ -66,7 +66,6 @@ def nagle() -> LabResult:
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         bufsize=0,
-        cwd=project_root(),
     )
     try:
         port = int(read_line_within(peer, PEER_TIMEOUT))

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo import probes
-from demo.config import Address, RunConfig, timeval
-from demo.errors import BufdemoError, PeerError
-from demo.recorder import PROGRESS_DONE, BlockingLog, Sampler, SendLog
-from demo.wire import FrameBlock, Hello, encode_hello
+from bufdemo import probes
+from bufdemo.errors import BufdemoError, PeerError
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.recorder import PROGRESS_DONE, BlockingLog, Sampler, SendLog
+from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
+from bufdemo.net import Address, timeval
 
 __all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
 

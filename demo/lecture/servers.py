@@ -42,7 +42,7 @@ from enum import StrEnum
 from types import FrameType
 from typing import NoReturn, Protocol
 
-from demo.errors import BufdemoError, ConfigError
+from bufdemo.errors import BufdemoError, ConfigError
 
 __all__ = [
     "FD_SETSIZE",

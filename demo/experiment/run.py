@@ -44,19 +44,20 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
-from demo import probes
-from demo.config import Address, RunConfig
-from demo.errors import BufdemoError, ConfigError, Interrupted, RunDirError
-from demo.recorder import (
+from bufdemo import probes
+from bufdemo.errors import BufdemoError, ConfigError, Interrupted, RunDirError
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.recorder import (
     PROGRESS_COUNT,
     PROGRESS_EXTRA,
     PROGRESS_INQ,
     PROGRESS_OUTQ,
     PROGRESS_SLOTS,
 )
+from bufdemo.net import Address
+from bufdemo.runformat import FORMAT_VERSION
 
 __all__ = [
-    "FORMAT_VERSION",
     "LazyRunDir",
     "Progress",
     "RunResult",
@@ -68,7 +69,6 @@ __all__ = [
     "write_meta",
 ]
 
-FORMAT_VERSION = 1
 LOOPBACK = Address("127.0.0.1", 0)
 READY_TIMEOUT = 30.0  # receiver start-up: a spawned interpreter importing bufdemo
 GRACE = 2.0  # after one side fails or on Ctrl-C, how long the other may take to stop
@@ -206,7 +206,7 @@ def _side_main(role: str, run_dir: Path, result: Any, body: Callable[[], object]
 def _receiver_child(
     cfg: RunConfig, run_dir: Path, ready: Connection, progress: Any
 ) -> None:  # pragma: no cover - runs in a child process
-    from demo.receiver import ReceiverResult, run_receiver
+    from bufdemo.experiment.receiver import ReceiverResult, run_receiver
 
     def on_listening(addr: Address) -> None:
         ready.send((addr.host, addr.port))
@@ -235,7 +235,7 @@ def _receiver_child(
 def _sender_child(
     cfg: RunConfig, to: Address, run_dir: Path, progress: Any
 ) -> None:  # pragma: no cover - runs in a child process
-    from demo.sender import SenderResult, run_sender
+    from bufdemo.experiment.sender import SenderResult, run_sender
 
     result = SenderResult()
     _side_main(
@@ -265,7 +265,7 @@ def _exit_description(code: int | None) -> str:
 
 def _tidy_after_death(run_dir: Path) -> None:
     """A side killed mid-write: cut a checkpoint's partial line, drop ``*.part`` files."""
-    from demo.recorder import trim_partial_line
+    from bufdemo.experiment.recorder import trim_partial_line
 
     for name in ("consumed.csv", "receiver_samples.csv"):
         trim_partial_line(run_dir / name)

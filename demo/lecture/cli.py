@@ -18,14 +18,10 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from demo import lab as lab_mod
-from demo.client import connect, run_client
-from demo.config import Address, parse_address
-from demo.errors import BufdemoError, ConfigError, PeerError
-from demo.load import (
+from bufdemo.errors import BufdemoError, ConfigError, PeerError
+from bufdemo.lecture import lab as lab_mod
+from bufdemo.lecture.client import connect, run_client
+from bufdemo.lecture.loadgen import (
     COST_METRICS,
     DEFAULT_CLIENTS,
     DEFAULT_MESSAGES,
@@ -41,7 +37,10 @@ from demo.load import (
     raise_nofile_limit,
     run_load,
 )
-from demo.servers import MODELS, Event, open_listener, parse_model, serve
+from bufdemo.lecture.servers import MODELS, Event, open_listener, parse_model, serve
+from bufdemo.net import Address, parse_address
+from rich.console import Console
+from rich.table import Table
 
 __all__ = ["register"]
 

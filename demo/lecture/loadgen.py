@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
-
-from demo.errors import BufdemoError, ConfigError
-from demo.servers import MODELS
+from bufdemo.errors import BufdemoError, ConfigError
+from bufdemo.lecture.servers import MODELS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -391,7 +390,7 @@ class ServerProcess:
         os.close(fd)
         self.log_path = Path(name)
         self.model = model
-        args = [sys.executable, "-m", "demo", "serve", "--model", model]
+        args = [sys.executable, "-m", __package__.partition(".")[0], "serve", "--model", model]
         args += ["--listen", listen] + (["--events"] if events else [])
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo import probes
-from demo.config import MAX_MESSAGES, MAX_SIZE, Address, RunConfig, timeval
-from demo.errors import BufdemoError, PeerError, ProtocolError
-from demo.recorder import PROGRESS_DONE, ConsumedLog, Sampler, TableCheckpoint
-from demo.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
+from bufdemo import probes
+from bufdemo.errors import BufdemoError, PeerError, ProtocolError
+from bufdemo.experiment.config import MAX_MESSAGES, MAX_SIZE, RunConfig
+from bufdemo.experiment.recorder import PROGRESS_DONE, ConsumedLog, Sampler, TableCheckpoint
+from bufdemo.experiment.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
+from bufdemo.net import Address, timeval
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
 

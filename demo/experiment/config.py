@@ -7,27 +7,22 @@ rule, which the CLI turns into a one-line message and exit code 2.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import secrets
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from demo.errors import ConfigError
-from demo.wire import HEADER_SIZE, TOKEN_SIZE
+from bufdemo.errors import ConfigError
+from bufdemo.experiment.wire import HEADER_SIZE, TOKEN_SIZE
 
 __all__ = [
     "DEFAULT_MESSAGES",
     "DEFAULT_RECV_DELAY",
     "DEFAULT_SAMPLE_INTERVAL",
     "DEFAULT_SIZE",
-    "Address",
     "Mode",
     "RunConfig",
-    "parse_address",
-    "timeval",
 ]
 
 # 100,000 x 1 KiB = ~98 MiB: ~25 times the ~4 MB an autotuned loopback send buffer
@@ -52,51 +47,6 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 
 Mode = Literal["blocking", "select"]
 MODES: tuple[Mode, ...] = ("blocking", "select")
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def timeval(seconds: float) -> bytes:
-    """A ``struct timeval`` for SO_SNDTIMEO / SO_RCVTIMEO (how ``--timeout`` reaches the
-    kernel's own waits)."""
-    sec = int(seconds)
-    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
-
-
-def parse_address(text: str, option: str, *, allow_port_zero: bool = True) -> Address:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text:
-        raise ConfigError(option, f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ConfigError(option, f"write an IPv6 address as [ADDR]:PORT, got {text!r}")
-    if not port_text.isdigit():
-        raise ConfigError(option, f"port must be a number 0-65535, got {port_text!r}")
-    port = int(port_text)
-    lowest = 0 if allow_port_zero else 1
-    if not lowest <= port <= 65535:
-        raise ConfigError(option, f"port must be {lowest}-65535, got {port}")
-    if any(c.isspace() for c in host):
-        raise ConfigError(option, f"host must not contain spaces, got {host!r}")
-    return Address(host, port)
 
 
 def _check_int(option: str, value: int, low: int, high: int) -> None:

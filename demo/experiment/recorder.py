@@ -28,7 +28,7 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from pathlib import Path
 
-from demo import probes
+from bufdemo import probes
 
 __all__ = [
     "CHECKPOINT_INTERVAL",

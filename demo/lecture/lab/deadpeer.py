@@ -31,13 +31,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
-from demo import probes
-from demo.lab._core import (
+from bufdemo import probes
+from bufdemo.lecture.lab._core import (
     LabResult,
     errno_name,
     fill,
     peer_command,
-    project_root,
     read_line_within,
     state_name,
     wait_until,
@@ -102,9 +101,7 @@ def _namespace() -> Iterator[tuple[str, str, str, str]]:
 
 @contextmanager
 def _helper(argv: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0, cwd=project_root()
-    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
     try:
         yield proc, int(read_line_within(proc, HELPER_TIMEOUT))
     finally:

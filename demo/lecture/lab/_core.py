@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -149,12 +148,9 @@ def state_name(state: int | None) -> str | None:
 
 
 def peer_command(*args: str) -> list[str]:
-    """The argv that runs the lab's helper peer (demo.lab._peer) in a new process."""
-    return [sys.executable, "-m", "demo.lab._peer", *args]
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    """The argv that runs the lab's helper peer (``_peer`` beside this module) in a new
+    process; named from this package, so it runs the installed copy from any directory."""
+    return [sys.executable, "-m", f"{__package__}._peer", *args]
 
 
 def read_line_within(proc: subprocess.Popen[bytes], timeout: float) -> str:
