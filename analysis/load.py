@@ -1,11 +1,12 @@
 """Read a run directory (docs/run-format.md, format version 1) into a :class:`Run`.
 
 A run directory is the contract between the live experiment and everything after it:
-``meta.json`` plus up to five CSV tables, each readable with one pandas call. This
-module is that call, with explicit dtypes (runs reach a million rows, so the C parser
-must not guess), and it adds a float column of seconds since the connection was
-established (``meta["t0_ns"]``) beside every ``*_ns`` time column: ``t`` for ``t_ns``,
-``t_start`` for ``t_start_ns`` and so on.
+``meta.json`` plus up to five CSV tables, each readable with one pandas call. Their
+names, columns and dtypes, and meta.json's keys, come from :mod:`bufdemo.runformat`,
+which the writer imports too. This module is that one call per table, with explicit
+dtypes (runs reach a million rows, so the C parser must not guess), and it adds a float
+column of seconds since the connection was established (``meta["t0_ns"]``) beside every
+``*_ns`` time column: ``t`` for ``t_ns``, ``t_start`` for ``t_start_ns`` and so on.
 
 Absolute times stay exact integers (a monotonic clock weeks after boot is beyond the
 nanosecond resolution of a float64); only the seconds since ``t0_ns`` are floats.
@@ -19,12 +20,13 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+
 from bufdemo.errors import RunFormatError
-from bufdemo.runformat import FORMAT_VERSION, TABLES
+from bufdemo.runformat import FORMAT_VERSION, META_FILE, TABLE_FORMATS, TABLES, Meta
 
 __all__ = ["FORMAT_VERSION", "TABLES", "Run", "RunFormatError", "load_run"]
 
@@ -103,9 +105,9 @@ def _read_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    meta_path = path / "meta.json"
+    meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise RunFormatError(f"{path}: not a run directory (no meta.json)")
+        raise RunFormatError(f"{path}: not a run directory (no {META_FILE})")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -125,12 +127,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _origin(meta: dict[str, Any], tables: dict[str, pd.DataFrame]) -> int:
+def _origin(meta: Meta, tables: dict[str, pd.DataFrame]) -> int:
     """``t0_ns``; a by-hand half without it falls back to its own connection time."""
+    sender, receiver = meta.get("sender"), meta.get("receiver")
     for value in (
         meta.get("t0_ns"),
-        (meta.get("sender") or {}).get("t_connected_ns"),
-        (meta.get("receiver") or {}).get("t_connected_ns"),
+        sender.get("t_connected_ns") if isinstance(sender, dict) else None,
+        receiver.get("t_connected_ns") if isinstance(receiver, dict) else None,
     ):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -152,10 +155,13 @@ def load_run(path: str | Path) -> Run:
         raise RunFormatError(f"{path}: not a directory")
     meta = _read_meta(path)
     tables: dict[str, pd.DataFrame] = {}
-    for stem, columns in TABLES.items():
-        file = path / f"{stem}.csv"
-        tables[stem] = _read_table(file, columns) if file.is_file() else _empty(columns)
-    t0 = _origin(meta, tables)
+    for table in TABLE_FORMATS:
+        file = path / table.file
+        columns = dict(table.dtypes)
+        tables[table.stem] = _read_table(file, columns) if file.is_file() else _empty(columns)
+    # Checked: an object with an integer format_version we read. Its other keys are
+    # read with .get(): a by-hand half or a damaged run may lack some.
+    t0 = _origin(cast(Meta, meta), tables)
     meta = {**meta, "t0_ns": t0}
     for frame in tables.values():
         _add_seconds(frame, t0)

@@ -32,27 +32,32 @@ class Address:
 
 
 def timeval(seconds: float) -> bytes:
-    """A ``struct timeval`` for SO_SNDTIMEO / SO_RCVTIMEO (how ``--timeout`` reaches the
-    kernel's own waits)."""
+    """A ``struct timeval`` for SO_SNDTIMEO / SO_RCVTIMEO (how a run's ``timeout``
+    reaches the kernel's own waits)."""
     sec = int(seconds)
     return struct.pack("ll", sec, int((seconds - sec) * 1e6))
 
 
-def parse_address(text: str, option: str, *, allow_port_zero: bool = True) -> Address:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
+def parse_address(text: str, what: str, *, allow_port_zero: bool = True) -> Address:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
+
+    ``what`` names the value for the :class:`ConfigError` a malformed one raises (its
+    ``setting``): the caller knows where the text came from (the CLI passes its option,
+    ``"--listen"``).
+    """
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text:
-        raise ConfigError(option, f"expected HOST:PORT, got {text!r}")
+        raise ConfigError(what, f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ConfigError(option, f"write an IPv6 address as [ADDR]:PORT, got {text!r}")
+        raise ConfigError(what, f"write an IPv6 address as [ADDR]:PORT, got {text!r}")
     if not port_text.isdigit():
-        raise ConfigError(option, f"port must be a number 0-65535, got {port_text!r}")
+        raise ConfigError(what, f"port must be a number 0-65535, got {port_text!r}")
     port = int(port_text)
     lowest = 0 if allow_port_zero else 1
     if not lowest <= port <= 65535:
-        raise ConfigError(option, f"port must be {lowest}-65535, got {port}")
+        raise ConfigError(what, f"port must be {lowest}-65535, got {port}")
     if any(c.isspace() for c in host):
-        raise ConfigError(option, f"host must not contain spaces, got {host!r}")
+        raise ConfigError(what, f"host must not contain spaces, got {host!r}")
     return Address(host, port)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
 from bufdemo.experiment.recorder import MISSING, BlockingLog, ConsumedLog, SendLog, write_table
 
 
@@ -26,7 +28,20 @@ def test_send_log_derives_durations_and_blocked_sends_from_the_blocking_log(
         log.t_ns[i] = t
     log.rows = 4  # rows 4..9 were never sent: not written
     blocking = BlockingLog()
-    blocking.append((2, 131, 5_000, 300, 724, 0, 0, 0, 0, 0, 0, 1))
+    blocking.append(
+        seq=2,
+        t_start_ns=131,
+        t_end_ns=5_000,
+        accepted_first=300,
+        bytes_after_wait=724,
+        outq_start=0,
+        outq_nsd_start=0,
+        sndbuf_start=0,
+        outq_end=0,
+        outq_nsd_end=0,
+        sndbuf_end=0,
+        waits=1,
+    )
     log.write(tmp_path / "sends.csv", blocking)
     frame = pd.read_csv(tmp_path / "sends.csv")
     assert frame["seq"].tolist() == [0, 1, 2, 3]
@@ -53,3 +68,10 @@ def test_empty_blocking_log_still_has_its_columns(tmp_path: Path) -> None:
     frame = pd.read_csv(tmp_path / "b.csv")
     assert frame.empty
     assert "outq_start" in frame.columns
+
+
+def test_a_blocking_send_must_give_exactly_the_formats_columns() -> None:
+    blocking = BlockingLog()
+    with pytest.raises(RuntimeError, match="not the format's"):
+        blocking.append(seq=1, t_start_ns=2)
+    assert len(blocking) == 0

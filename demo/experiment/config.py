@@ -1,20 +1,22 @@
 """The run's settings: one frozen value object, validated once, passed down.
 
 Every default carries its reason. The CLI builds a :class:`RunConfig` and nothing below
-it reads CLI state; a bad value raises :class:`ConfigError` naming the option and the
-rule, which the CLI turns into a one-line message and exit code 2.
+it reads CLI state; a bad value raises :class:`ConfigError` naming the field (its
+``setting``, e.g. ``recv_delay``) and the rule, which the CLI turns into a one-line
+message naming its option, and exit code 2.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
 
 from bufdemo.errors import ConfigError
 from bufdemo.experiment.wire import HEADER_SIZE, TOKEN_SIZE
+from bufdemo.runformat import ConfigRecord
 
 __all__ = [
     "DEFAULT_MESSAGES",
@@ -45,34 +47,44 @@ MAX_BUFFER = 1 << 30  # the kernel clamps to wmem_max/rmem_max anyway; this catc
 MIN_SAMPLE_INTERVAL = 0.0001  # below this the sampler thread would compete with the loop
 MAX_TIMEOUT = 7 * 24 * 3600.0
 
-Mode = Literal["blocking", "select"]
-MODES: tuple[Mode, ...] = ("blocking", "select")
+
+class Mode(StrEnum):
+    """How the sender waits when the send buffer is full (see bufdemo.experiment.sender)."""
+
+    BLOCKING = "blocking"  # a real blocking send(): the kernel's own sleep and wake-up
+    SELECT = "select"  # a non-blocking socket and select()'s writable event
 
 
-def _check_int(option: str, value: int, low: int, high: int) -> None:
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)
+
+
+def _check_int(setting: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise ConfigError(option, f"must be between {low} and {high}, got {value}")
+        raise ConfigError(setting, f"must be between {low} and {high}, got {value}")
 
 
-def _check_float(option: str, value: float, low: float, high: float, *, low_open: bool) -> None:
+def _check_float(setting: str, value: float, low: float, high: float, *, low_open: bool) -> None:
     if not math.isfinite(value):
-        raise ConfigError(option, f"must be a finite number, got {value}")
+        raise ConfigError(setting, f"must be a finite number, got {value}")
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bound = f"> {low}" if low_open else f">= {low}"
-        raise ConfigError(option, f"must be {bound} and <= {high}, got {value}")
+        raise ConfigError(setting, f"must be {bound} and <= {high}, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    """Everything a run needs; both halves (sender and receiver) take the same object."""
+    """Everything a run needs; both halves (sender and receiver) take the same object.
+
+    ``mode`` also accepts its plain value (``"select"``), converted to :class:`Mode`.
+    """
 
     messages: int = DEFAULT_MESSAGES
     size: int = DEFAULT_SIZE
     recv_delay: float = DEFAULT_RECV_DELAY
     sndbuf: int | None = None
     rcvbuf: int | None = None
-    mode: Mode = "blocking"
+    mode: Mode = Mode.BLOCKING
     sample_interval: float = DEFAULT_SAMPLE_INTERVAL
     timeout: float | None = None
     out: Path = Path("runs")
@@ -80,30 +92,44 @@ class RunConfig:
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
 
     def __post_init__(self) -> None:
-        _check_int("--messages", self.messages, 1, MAX_MESSAGES)
+        _check_int("messages", self.messages, 1, MAX_MESSAGES)
         if not HEADER_SIZE <= self.size <= MAX_SIZE:
             raise ConfigError(
-                "--size",
+                "size",
                 f"must be between {HEADER_SIZE} and {MAX_SIZE} (a message is at least its "
                 f"{HEADER_SIZE}-byte frame header), got {self.size}",
             )
-        _check_float("--recv-delay", self.recv_delay, 0.0, MAX_RECV_DELAY, low_open=False)
-        for option, value in (("--sndbuf", self.sndbuf), ("--rcvbuf", self.rcvbuf)):
+        _check_float("recv_delay", self.recv_delay, 0.0, MAX_RECV_DELAY, low_open=False)
+        for setting, value in (("sndbuf", self.sndbuf), ("rcvbuf", self.rcvbuf)):
             if value is not None:
-                _check_int(option, value, 1, MAX_BUFFER)
-        if self.mode not in MODES:
-            raise ConfigError("--mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+                _check_int(setting, value, 1, MAX_BUFFER)
+        try:
+            mode = Mode(self.mode)
+        except ValueError:
+            raise ConfigError(
+                "mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}"
+            ) from None
+        object.__setattr__(self, "mode", mode)  # frozen: the one conversion, at birth
         _check_float(
-            "--sample-interval", self.sample_interval, MIN_SAMPLE_INTERVAL, 1.0, low_open=False
+            "sample_interval", self.sample_interval, MIN_SAMPLE_INTERVAL, 1.0, low_open=False
         )
         if self.timeout is not None:
-            _check_float("--timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+            _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (the token is a secret of the run and is left out)."""
-        d = asdict(self)
-        d.pop("token")
-        d["out"] = str(self.out)
-        return d
+    def as_dict(self) -> ConfigRecord:
+        """JSON-ready settings, as meta.json's ``config`` (the token is a secret of the
+        run and is left out)."""
+        return {
+            "messages": self.messages,
+            "size": self.size,
+            "recv_delay": self.recv_delay,
+            "sndbuf": self.sndbuf,
+            "rcvbuf": self.rcvbuf,
+            "mode": self.mode.value,
+            "sample_interval": self.sample_interval,
+            "timeout": self.timeout,
+            "out": str(self.out),
+            "plot": self.plot,
+        }

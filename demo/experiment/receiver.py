@@ -1,12 +1,13 @@
 """The receiver: a slow consumer with an exact, honest pace.
 
-Service model (``--recv-delay D``): each message costs exactly D seconds of work.
+Service model (``recv_delay`` D): each message costs exactly D seconds of work.
 Message i's service starts at ``max(target_end[i-1], arrival[i])`` and its target end
-is ``start + D``. When the frame was already waiting in the kernel, its arrival is not
-later than the previous target end, so the start is that target: sleep overshoot is
-absorbed, not carried forward, and the achieved mean service time is D. When the
-receiver had to wait for the frame, the start is the moment it arrived: a receiver that
-was idle does not "catch up" with a burst.
+is ``start + D`` (the rule is :class:`~bufdemo.experiment.pacing.Pacer`'s). When the
+frame was already waiting in the kernel, its arrival is not later than the previous
+target end, so the start is that target: sleep overshoot is absorbed, not carried
+forward, and the achieved mean service time is D. When the receiver had to wait for the
+frame, the start is the moment it arrived: a receiver that was idle does not "catch up"
+with a burst.
 
 The receiver reads exactly one frame at a time (the decoder says how many bytes the
 next frame still needs), so every byte not yet consumed stays in the kernel's receive
@@ -28,12 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bufdemo import probes
-from bufdemo.errors import BufdemoError, PeerError, ProtocolError
+from bufdemo import probes, runformat
+from bufdemo.errors import BufdemoError, PeerError, PeerTimeout, ProtocolError
 from bufdemo.experiment.config import MAX_MESSAGES, MAX_SIZE, RunConfig
-from bufdemo.experiment.recorder import PROGRESS_DONE, ConsumedLog, Sampler, TableCheckpoint
+from bufdemo.experiment.pacing import WAITING, Pacer
+from bufdemo.experiment.recorder import (
+    PROGRESS_DONE,
+    PROGRESS_INTACT,
+    ConsumedLog,
+    Sampler,
+    TableCheckpoint,
+)
 from bufdemo.experiment.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
 from bufdemo.net import Address, timeval
+from bufdemo.runformat import ReceiverRecord
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
 
@@ -66,8 +75,25 @@ class ReceiverResult:
     complete: bool = False
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def as_dict(self) -> ReceiverRecord:
+        """The receiver's record in meta.json (and receiver.json)."""
+        return {
+            "address": self.address,
+            "peer": self.peer,
+            "t_connected_ns": self.t_connected_ns,
+            "t_done_ns": self.t_done_ns,
+            "messages_expected": self.messages_expected,
+            "messages": self.messages,
+            "intact": self.intact,
+            "corrupt": self.corrupt,
+            "out_of_order": self.out_of_order,
+            "truncated_bytes": self.truncated_bytes,
+            "rejected": self.rejected,
+            "rejected_peers": list(self.rejected_peers),
+            "buffers": self.buffers,
+            "complete": self.complete,
+            "error": self.error,
+        }
 
 
 def listen(cfg: RunConfig, address: Address) -> socket.socket:
@@ -133,7 +159,7 @@ def accept_sender(
         try:
             conn, peer = lsock.accept()
         except TimeoutError as exc:
-            raise PeerError(f"no sender connected within {timeout} s") from exc
+            raise PeerTimeout(f"no sender connected within {timeout} s") from exc
         try:
             hello = _read_hello(conn, max_size)
             if token is not None and not hmac.compare_digest(hello.token, token):
@@ -160,16 +186,20 @@ def receive_loop(
     """Consume frames one at a time at the configured pace until the sender's FIN.
 
     ``timeout`` only names the SO_RCVTIMEO the caller set, for the error message.
+    The service model is a :class:`Pacer`'s: the loop tells it when each frame was ready
+    and sleeps until the target end it returns.
     """
     plen = hello.size - HEADER_SIZE
     decoder = Decoder(max_length=plen)
     delay_ns = round(recv_delay * 1e9)
     now = time.perf_counter_ns
+    sleep = time.sleep
     recv = sock.recv
     dontwait = socket.MSG_DONTWAIT
     expected = 0
-    target = 0
-    first = True
+    # Ready to serve from now on: a first frame already waiting starts here.
+    pacer = Pacer(delay_ns, origin_ns=now())
+    pace = pacer.pace
     while True:
         waited = False
         while (msg := decoder.next_message()) is None:
@@ -181,7 +211,7 @@ def receive_loop(
                 try:
                     data = recv(need)
                 except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO expired
-                    raise PeerError(
+                    raise PeerTimeout(
                         f"sender stuck: no data for {timeout} s after {log.rows} of "
                         f"{hello.messages} messages; the sender is not sending"
                     ) from exc
@@ -192,17 +222,16 @@ def receive_loop(
         t_read = now()
         if msg.kind != KIND_DATA:
             raise ProtocolError(f"unexpected frame kind {msg.kind} after the hello")
-        start = t_read if (waited or first) else target
-        first = False
+        # A frame we had to wait for arrived when it was read; one that was already in
+        # the kernel was there before the previous target end (WAITING).
+        target = pace(t_read if waited else WAITING)
+        start = pacer.start_ns
         if delay_ns:
-            target = start + delay_ns
             remaining = target - now()
             if remaining > SPIN_NS:
-                time.sleep((remaining - SPIN_NS) / 1e9)
+                sleep((remaining - SPIN_NS) / 1e9)
             while now() < target:
                 pass
-        else:
-            target = start
         t_end = now()
         in_order = msg.seq == expected
         intact = msg.intact and in_order and len(msg.payload) == plen
@@ -272,14 +301,14 @@ def run_receiver(
         conn.close()
         raise
     log = ConsumedLog(min(hello.messages, PREALLOC_LIMIT))
-    consumed_path = run_dir / "consumed.csv"
-    samples_path = run_dir / "receiver_samples.csv"
+    consumed_path = run_dir / runformat.CONSUMED.file
+    samples_path = run_dir / runformat.RECEIVER_SAMPLES.file
     sampler = Sampler(
         conn,
         cfg.sample_interval,
         count=lambda: log.rows,
         progress=progress,
-        extra=lambda: result.intact,
+        counters={PROGRESS_INTACT: lambda: result.intact},
         checkpoints=[TableCheckpoint(consumed_path, log.columns, lambda: log.rows)],
         checkpoint_samples=samples_path,
     )

@@ -27,19 +27,27 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from bufdemo import probes
+from bufdemo import probes, runformat
+
+_T = TypeVar("_T")
 
 __all__ = [
+    "BLOCKING_COLUMNS",
     "CHECKPOINT_INTERVAL",
+    "CONSUMED_COLUMNS",
     "MISSING",
+    "PROGRESS_BLOCKED_SINCE",
+    "PROGRESS_BLOCKING",
     "PROGRESS_COUNT",
     "PROGRESS_DONE",
-    "PROGRESS_EXTRA",
     "PROGRESS_INQ",
+    "PROGRESS_INTACT",
     "PROGRESS_OUTQ",
     "PROGRESS_SLOTS",
     "SAMPLE_COLUMNS",
+    "SENDS_COLUMNS",
     "BlockingLog",
     "ConsumedLog",
     "Sampler",
@@ -52,40 +60,34 @@ __all__ = [
 MISSING = -1  # stored for a probe that returned None; written as an empty cell
 
 # A side's live progress, shared with a display (another process's shared array or a
-# local one): one integer per slot. The sampler fills COUNT..EXTRA; the side sets DONE.
-# EXTRA is the sender's blocking sends or the receiver's intact messages.
-PROGRESS_COUNT, PROGRESS_OUTQ, PROGRESS_INQ, PROGRESS_EXTRA, PROGRESS_DONE = range(5)
-PROGRESS_SLOTS = 5
+# local one): one integer per slot, each with one meaning. The sampler fills COUNT,
+# OUTQ, INQ and the side's own counter (BLOCKING or INTACT) at each sample; the side
+# sets DONE when it has finished, and the sender BLOCKED_SINCE itself.
+PROGRESS_COUNT = 0  # messages handed to the kernel (sender) / consumed (receiver)
+PROGRESS_OUTQ = 1  # SIOCOUTQ at the last sample (MISSING if unavailable)
+PROGRESS_INQ = 2  # SIOCINQ at the last sample
+PROGRESS_BLOCKING = 3  # sender: blocking sends so far
+PROGRESS_INTACT = 4  # receiver: intact messages so far
+# sender: time.perf_counter_ns() when the current blocking send (or select() wait)
+# began; 0 while it is not blocked. Written by the send loop on the blocking path only.
+PROGRESS_BLOCKED_SINCE = 5
+PROGRESS_DONE = 6  # 1 once the side has finished (whatever the outcome)
+PROGRESS_SLOTS = 7
 # How often a sampler appends new rows to disk (TableCheckpoint): a killed process loses
 # at most this much of its record; each checkpoint costs the thread well under 1 ms at
 # 1,000 messages/s.
 CHECKPOINT_INTERVAL = 0.5
 
-SAMPLE_COLUMNS = (
-    "t_ns",
-    "count",
-    "outq",
-    "outq_nsd",
-    "inq",
-    "sndbuf",
-    "rcvbuf",
-    *probes.SAMPLED_TCP_INFO,
-)
-
-BLOCKING_COLUMNS = (
-    "seq",
-    "t_start_ns",
-    "t_end_ns",
-    "accepted_first",
-    "bytes_after_wait",
-    "outq_start",
-    "outq_nsd_start",
-    "sndbuf_start",
-    "outq_end",
-    "outq_nsd_end",
-    "sndbuf_end",
-    "waits",
-)
+# The tables' columns, in the order written: the run format's (bufdemo.runformat).
+SENDS_COLUMNS = runformat.SENDS.columns
+BLOCKING_COLUMNS = runformat.BLOCKING_SENDS.columns  # the order of a BlockingLog row
+SAMPLE_COLUMNS = runformat.SENDER_SAMPLES.columns
+CONSUMED_COLUMNS = runformat.CONSUMED.columns
+# Where SendLog finds what it derives from a blocking-send row.
+_BLOCKED_SEQ = BLOCKING_COLUMNS.index("seq")
+_BLOCKED_ACCEPTED = BLOCKING_COLUMNS.index("accepted_first")
+# The array typecode that holds each integer dtype of the format.
+_TYPECODES = {"int8": "b", "int32": "i", "int64": "q"}
 
 
 def _zeros(typecode: str, n: int) -> array[int]:
@@ -173,6 +175,16 @@ def trim_partial_line(path: Path) -> None:
         pass
 
 
+def _in_format_order(table: runformat.TableFormat, cells: Mapping[str, _T]) -> dict[str, _T]:
+    """``cells`` in the format's column order; a column missing or extra is a bug here."""
+    if cells.keys() != set(table.columns):
+        raise RuntimeError(
+            f"{table.file}: the recorder's columns {sorted(cells)} are not the format's "
+            f"{sorted(table.columns)}"
+        )
+    return {name: cells[name] for name in table.columns}
+
+
 class SendLog:
     """One row per message: when it was completely handed to the kernel.
 
@@ -196,25 +208,32 @@ class SendLog:
         accepted = [self.size] * n
         blocked = [0] * n
         for row in blocking.rows:
-            seq = row[0]
+            seq = row[_BLOCKED_SEQ]
             if seq < n:
-                accepted[seq] = row[3]
+                accepted[seq] = row[_BLOCKED_ACCEPTED]
                 blocked[seq] = 1
-        return {
-            "seq": range(n),
-            "t_ns": t,
-            "duration_ns": [a - b for a, b in zip(t, previous, strict=True)],
-            "bytes": [self.size] * n,
-            "accepted_first": accepted,
-            "blocked": blocked,
-        }
+        return _in_format_order(
+            runformat.SENDS,
+            {
+                "seq": range(n),
+                "t_ns": t,
+                "duration_ns": [a - b for a, b in zip(t, previous, strict=True)],
+                "bytes": [self.size] * n,
+                "accepted_first": accepted,
+                "blocked": blocked,
+            },
+        )
 
     def write(self, path: Path, blocking: BlockingLog) -> None:
         write_table(path, self.columns(blocking), self.rows)
 
 
 class BlockingLog:
-    """One row per blocking send: rare (one per stall), so a plain list is enough."""
+    """One row per blocking send: rare (one per stall), so a plain list is enough.
+
+    A row is a tuple in :data:`BLOCKING_COLUMNS` order; :meth:`append` builds it from
+    the cells by name, so the sender never depends on that order.
+    """
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, ...]] = []
@@ -222,8 +241,10 @@ class BlockingLog:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def append(self, row: tuple[int, ...]) -> None:
-        self.rows.append(row)
+    def append(self, **cells: int) -> None:
+        """Add one blocking send; every column of the format, by name (a probe that
+        failed is MISSING)."""
+        self.rows.append(tuple(_in_format_order(runformat.BLOCKING_SENDS, cells).values()))
 
     def write(self, path: Path) -> None:
         columns = {name: [r[i] for r in self.rows] for i, name in enumerate(BLOCKING_COLUMNS)}
@@ -231,19 +252,28 @@ class BlockingLog:
 
 
 class ConsumedLog:
-    """One row per message the receiver consumed; grows if the sender sends more."""
+    """One row per message the receiver consumed; grows if the sender sends more.
+
+    One preallocated array per column of the format, typed as the format's dtype; the
+    receiver's loop stores into them through the attributes named after the columns.
+    """
 
     def __init__(self, expected: int) -> None:
-        self.seq = _zeros("q", expected)
-        self.t_read_ns = _zeros("q", expected)
-        self.t_start_ns = _zeros("q", expected)
-        self.t_end_ns = _zeros("q", expected)
-        self.intact = _zeros("b", expected)
+        self._columns = {
+            name: _zeros(_TYPECODES[dtype], expected)
+            for name, dtype in runformat.CONSUMED.dtypes.items()
+        }
+        c = self._columns
+        self.seq = c["seq"]
+        self.t_read_ns = c["t_read_ns"]
+        self.t_start_ns = c["t_start_ns"]
+        self.t_end_ns = c["t_end_ns"]
+        self.intact = c["intact"]
         self.rows = 0
 
     def grow(self) -> None:
         """Double the capacity (only if the sender sends more than it announced)."""
-        for col in (self.seq, self.t_read_ns, self.t_start_ns, self.t_end_ns, self.intact):
+        for col in self._columns.values():
             col.extend(_zeros(col.typecode, max(len(col), 1024)))
 
     @property
@@ -251,13 +281,7 @@ class ConsumedLog:
         return len(self.seq)
 
     def columns(self) -> dict[str, array[int]]:
-        return {
-            "seq": self.seq,
-            "t_read_ns": self.t_read_ns,
-            "t_start_ns": self.t_start_ns,
-            "t_end_ns": self.t_end_ns,
-            "intact": self.intact,
-        }
+        return self._columns
 
     def write(self, path: Path) -> None:
         write_table(path, self.columns(), self.rows)
@@ -279,8 +303,10 @@ class Sampler(threading.Thread):
     Samples from both paths go through one lock, so every row is whole and in time order.
 
     ``count`` is read each sample (messages sent or consumed so far). ``progress``, if
-    given, receives ``[count, outq, inq, extra()]`` at each sample for a live display
-    in another process (a shared array): the hot loop itself never writes to it.
+    given, receives count, outq and inq in their PROGRESS_* slots at each sample, and
+    each of ``counters`` (slot -> reader, e.g. ``{PROGRESS_BLOCKING: ...}``) in its
+    slot, for a live display in another process (a shared array): the hot loop itself
+    never writes to it, except the sender's PROGRESS_BLOCKED_SINCE on its slow path.
     ``checkpoints`` (and the samples themselves, to ``checkpoint_samples``) are flushed
     every ``checkpoint_interval`` seconds from this thread;
     a checkpoint that fails (disk full) is given up and its error kept in
@@ -293,7 +319,7 @@ class Sampler(threading.Thread):
         interval: float,
         count: Callable[[], int],
         progress: MutableSequence[int] | None = None,
-        extra: Callable[[], int] = lambda: 0,
+        counters: Mapping[int, Callable[[], int]] | None = None,
         checkpoints: Sequence[TableCheckpoint] = (),
         checkpoint_samples: Path | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
@@ -316,7 +342,7 @@ class Sampler(threading.Thread):
         self._interval_ns = max(1, round(interval * 1e9))
         self._count = count
         self._progress = progress
-        self._extra = extra
+        self._counters = tuple((counters or {}).items())
         self._stop_event = threading.Event()
         self.columns: dict[str, array[int]] = {name: array("q") for name in SAMPLE_COLUMNS}
         self.error: BaseException | None = None
@@ -362,7 +388,8 @@ class Sampler(threading.Thread):
             self._progress[PROGRESS_COUNT] = count
             self._progress[PROGRESS_OUTQ] = _or_missing(outq)
             self._progress[PROGRESS_INQ] = _or_missing(inq)
-            self._progress[PROGRESS_EXTRA] = self._extra()
+            for slot, read in self._counters:
+                self._progress[slot] = read()
 
     def checkpoint(self) -> None:
         """Append what was recorded since the last checkpoint (this thread only)."""

@@ -3,7 +3,7 @@
 ``bufdemo run`` starts the receiver in its own process (listening on 127.0.0.1, port
 chosen by the kernel), then the sender in another; this process only watches them and
 shows progress. Sender and receiver must not share a process: a shared GIL would couple
-their timing (KERNEL.md, "Timing").
+their timing (docs/kernel.md, "One process per side").
 
 Both children write their own tables into the run directory, also when they fail or are
 interrupted; this process then merges their records into ``meta.json`` with the host's
@@ -22,7 +22,8 @@ Faults, and what this module does about them (docs/reliability.md has the full l
   and write their tables, meta.json says "interrupted", and a second Ctrl-C cannot cut
   that short. The children are started with SIGINT/SIGTERM blocked, so a Ctrl-C during
   their start-up is held until they can handle it (no traceback from a half-started
-  interpreter); each child also stops by itself if this process disappears.
+  interpreter); each child also stops by itself if this process disappears. That is
+  bufdemo's one signal policy, :mod:`bufdemo.signals`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,26 +42,34 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from bufdemo import probes
+from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, ConfigError, Interrupted, RunDirError
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import (
+    PROGRESS_BLOCKED_SINCE,
+    PROGRESS_BLOCKING,
     PROGRESS_COUNT,
-    PROGRESS_EXTRA,
     PROGRESS_INQ,
+    PROGRESS_INTACT,
     PROGRESS_OUTQ,
     PROGRESS_SLOTS,
 )
 from bufdemo.net import Address
-from bufdemo.runformat import FORMAT_VERSION
+from bufdemo.runformat import (
+    FORMAT_VERSION,
+    LastProgress,
+    Meta,
+    ReceiverRecord,
+    SenderRecord,
+)
+from bufdemo.signals import EXIT_INTERRUPTED, StopSignals, blocked, stop_when_orphaned, unblock
 
 __all__ = [
     "LazyRunDir",
     "Progress",
     "RunResult",
-    "StopSignals",
     "check_out_dir",
     "create_run_dir",
     "kept_on_failure",
@@ -75,9 +83,6 @@ GRACE = 2.0  # after one side fails or on Ctrl-C, how long the other may take to
 # Writing the tables after a stop: measured ~0.35 us per row here; 2 us leaves room for
 # a busy machine, so a stopped child is not killed while it writes what it recorded.
 WRITE_SECONDS_PER_ROW = 2e-6
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class Progress:
     send_queue: int
     recv_queue: int
     blocking_sends: int
+    # perf_counter_ns() when the sender's current blocking send began; 0: not blocked now.
+    # On the clock of time.perf_counter_ns(), the same in every process of this host.
+    blocked_since_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,47 +155,24 @@ def run_label(cfg: RunConfig) -> str:
     return "-".join(parts)
 
 
-def _ignore_stop_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _interrupt_once(signum: int, frame: object) -> None:
-    # The first Ctrl-C/SIGTERM stops the loop; later ones must not cut the log writing.
-    _ignore_stop_signals()
-    raise KeyboardInterrupt
-
-
-def _stop_when_orphaned() -> None:
-    """If the orchestrator disappears (SIGKILL), stop this child as if interrupted."""
-    parent = mp.parent_process()
-    if parent is None:  # pragma: no cover - always set in a spawned child
-        return
-
-    def watch() -> None:
-        parent.join()  # returns when the parent process has gone
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="bufdemo-orphan-watch", daemon=True).start()
-
-
 def _side_main(role: str, run_dir: Path, result: Any, body: Callable[[], object]) -> None:
     """Run one side in a child process: record its result, exit 0/1/130, no traceback.
 
-    The child starts with SIGINT/SIGTERM blocked (see :func:`_start`); they are
-    unblocked only once the handler is in place, so a Ctrl-C that arrived during
-    start-up is handled here, as an interruption. ``result`` (a SenderResult or
-    ReceiverResult) is filled by ``body`` as it goes and written also when it raises.
+    The child starts with SIGINT/SIGTERM blocked (:func:`bufdemo.signals.blocked` around
+    its start); they are unblocked only once the handler is in place, so a Ctrl-C that
+    arrived during start-up is handled here, as an interruption. ``result`` (a
+    SenderResult or ReceiverResult) is filled by ``body`` as it goes and written also
+    when it raises.
     """
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    # Installed for good: a late Ctrl-C is only counted, up to the child's very exit.
+    stops = StopSignals().install()
     code = 0
     error: str | None = None
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        _stop_when_orphaned()
+        unblock()
+        stop_when_orphaned()
         body()
-        _ignore_stop_signals()  # done: nothing left to interrupt but the record below
+        stops.raising = False  # done: nothing left to interrupt but the record below
         code = 0 if result.complete else 1
     except KeyboardInterrupt:
         error, code = "interrupted", EXIT_INTERRUPTED
@@ -195,11 +180,11 @@ def _side_main(role: str, run_dir: Path, result: Any, body: Callable[[], object]
         error, code = str(exc), 1
     except Exception as exc:  # a bug: still leave a record, never a bare traceback
         error, code = f"{type(exc).__name__}: {exc}", 1
-    _ignore_stop_signals()
-    record: dict[str, Any] = result.as_dict()
+    stops.raising = False
+    record = result.as_dict()
     if error is not None and not record.get("error"):
         record["error"] = error
-    (run_dir / f"{role}.json").write_text(json.dumps(record, indent=2))
+    (run_dir / runformat.SIDE_RECORD_FILES[role]).write_text(json.dumps(record, indent=2))
     sys.exit(code)
 
 
@@ -247,7 +232,7 @@ def _sender_child(
 
 
 def _read_side(run_dir: Path, role: str) -> dict[str, Any] | None:
-    path = run_dir / f"{role}.json"
+    path = run_dir / runformat.SIDE_RECORD_FILES[role]
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -267,8 +252,8 @@ def _tidy_after_death(run_dir: Path) -> None:
     """A side killed mid-write: cut a checkpoint's partial line, drop ``*.part`` files."""
     from bufdemo.experiment.recorder import trim_partial_line
 
-    for name in ("consumed.csv", "receiver_samples.csv"):
-        trim_partial_line(run_dir / name)
+    for table in (runformat.CONSUMED, runformat.RECEIVER_SAMPLES):  # the checkpointed ones
+        trim_partial_line(run_dir / table.file)
     for part in run_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             part.unlink()
@@ -342,15 +327,18 @@ def write_meta(
     run_dir: Path,
     cfg: RunConfig,
     *,
-    sender: dict[str, Any] | None,
-    receiver: dict[str, Any] | None,
+    sender: SenderRecord | None,
+    receiver: ReceiverRecord | None,
     netstat: dict[str, Any] | None,
     complete: bool,
     reason: str | None,
-    last_progress: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    t0 = (sender or {}).get("t_connected_ns") or (receiver or {}).get("t_connected_ns")
-    meta = {
+    last_progress: LastProgress | None = None,
+) -> Meta:
+    """Write ``meta.json`` (:class:`bufdemo.runformat.Meta`) atomically; return it."""
+    t0 = (sender["t_connected_ns"] if sender else None) or (
+        receiver["t_connected_ns"] if receiver else None
+    )
+    meta: Meta = {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["bufdemo", *sys.argv[1:]]),
@@ -364,53 +352,11 @@ def write_meta(
     }
     if last_progress is not None:
         meta["last_progress"] = last_progress
-    tmp = run_dir / "meta.json.part"
+    path = run_dir / runformat.META_FILE
+    tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(run_dir / "meta.json")
+    tmp.replace(path)
     return meta
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a child is started: it inherits the blocked mask."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a held Ctrl-C is raised here
-
-
-class StopSignals:
-    """Ctrl-C and SIGTERM for a bufdemo process (the orchestrator, a by-hand half),
-    installed in the main thread for the duration of a ``with`` block.
-
-    The first one raises KeyboardInterrupt (while ``raising``); every later one, and any
-    that arrives once cleanup has begun, is only counted: stopping the children and
-    writing the tables and meta.json must not be cut short. SIGTERM is treated like
-    Ctrl-C so that `kill PID` keeps what was recorded and, for `bufdemo run`, does not
-    leave the children running without their orchestrator.
-    """
-
-    def __init__(self) -> None:
-        self.raising = True
-        self.count = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.count += 1
-        if self.raising:
-            self.raising = False
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _stop(procs: list[mp.process.BaseProcess], grace: float = GRACE) -> None:
@@ -468,7 +414,7 @@ def run_experiment(
                     args=(cfg, run_dir, ready_send, recv_progress),
                     name="bufdemo-receiver",
                 )
-                with _signals_blocked():
+                with blocked():
                     receiver.start()
                 ready_send.close()
                 address = _wait_listening(receiver, ready_recv)
@@ -483,7 +429,7 @@ def run_experiment(
                     args=(cfg, address, run_dir, send_progress),
                     name="bufdemo-sender",
                 )
-                with _signals_blocked():
+                with blocked():
                     sender.start()
                 survivor = _watch(
                     receiver, sender, send_progress, recv_progress, on_progress, t_start
@@ -552,7 +498,9 @@ def _conclude(
         reasons.insert(0, "interrupted by the user")
     if died:
         _tidy_after_death(run_dir)
-    send_rec, recv_rec = records["sender"], records["receiver"]
+    # Each was written by the side's as_dict(): a SenderRecord / ReceiverRecord.
+    send_rec = cast(SenderRecord | None, records["sender"])
+    recv_rec = cast(ReceiverRecord | None, records["receiver"])
     complete = (
         not reasons
         and bool(send_rec and send_rec.get("complete"))
@@ -573,7 +521,7 @@ def _conclude(
     return RunResult(run_dir, complete, reason, interrupted)
 
 
-def _last_progress(send_progress: Any, recv_progress: Any) -> dict[str, Any]:
+def _last_progress(send_progress: Any, recv_progress: Any) -> LastProgress:
     """The counts the live display last showed: what is known of a side that died."""
     return {
         "source": "the live progress display of bufdemo run (each side's sampler, every "
@@ -581,11 +529,11 @@ def _last_progress(send_progress: Any, recv_progress: Any) -> dict[str, Any]:
         "before it wrote its record",
         "sender": {
             "messages": send_progress[PROGRESS_COUNT],
-            "blocking_sends": send_progress[PROGRESS_EXTRA],
+            "blocking_sends": send_progress[PROGRESS_BLOCKING],
         },
         "receiver": {
             "messages": recv_progress[PROGRESS_COUNT],
-            "intact": recv_progress[PROGRESS_EXTRA],
+            "intact": recv_progress[PROGRESS_INTACT],
         },
     }
 
@@ -612,7 +560,8 @@ def _watch(
             consumed=recv_progress[PROGRESS_COUNT],
             send_queue=send_progress[PROGRESS_OUTQ],
             recv_queue=recv_progress[PROGRESS_INQ],
-            blocking_sends=send_progress[PROGRESS_EXTRA],
+            blocking_sends=send_progress[PROGRESS_BLOCKING],
+            blocked_since_ns=send_progress[PROGRESS_BLOCKED_SINCE],
         )
 
     last_counts = (-1, -1)

@@ -29,12 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bufdemo import probes
-from bufdemo.errors import BufdemoError, PeerError
-from bufdemo.experiment.config import RunConfig
-from bufdemo.experiment.recorder import PROGRESS_DONE, BlockingLog, Sampler, SendLog
+from bufdemo import probes, runformat
+from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
+from bufdemo.experiment.config import Mode, RunConfig
+from bufdemo.experiment.recorder import (
+    PROGRESS_BLOCKED_SINCE,
+    PROGRESS_BLOCKING,
+    PROGRESS_DONE,
+    BlockingLog,
+    Sampler,
+    SendLog,
+)
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address, timeval
+from bufdemo.runformat import SenderRecord
 
 __all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
 
@@ -51,8 +59,19 @@ class SenderResult:
     complete: bool = False
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def as_dict(self) -> SenderRecord:
+        """The sender's record in meta.json (and sender.json)."""
+        return {
+            "address": self.address,
+            "peer": self.peer,
+            "t_connected_ns": self.t_connected_ns,
+            "t_done_ns": self.t_done_ns,
+            "messages": self.messages,
+            "blocking_sends": self.blocking_sends,
+            "buffers": self.buffers,
+            "complete": self.complete,
+            "error": self.error,
+        }
 
 
 def connect(cfg: RunConfig, to: Address) -> socket.socket:
@@ -81,7 +100,7 @@ def connect(cfg: RunConfig, to: Address) -> socket.socket:
         raise PeerError(f"connection refused by {to}: is the receiver running?") from exc
     except TimeoutError as exc:
         sock.close()
-        raise PeerError(f"connecting to {to} timed out after {cfg.timeout} s") from exc
+        raise PeerTimeout(f"connecting to {to} timed out after {cfg.timeout} s") from exc
     except OSError as exc:
         sock.close()
         raise PeerError(f"cannot connect to {to}: {exc.strerror or exc}") from exc
@@ -107,21 +126,26 @@ def send_loop(
     sent: MutableSequence[int],
     block: FrameBlock | None = None,
     sampler: Sampler | None = None,
+    *,
+    progress: MutableSequence[int] | None = None,
 ) -> None:
     """Send ``cfg.messages`` frames, recording each; ``sent[0]`` counts completed ones.
 
     The hot path per message is one ``os.write`` on the non-blocking descriptor (the
     kernel's answer is the same as ``send(msg, MSG_DONTWAIT)``: all, part, or EAGAIN),
     one clock read and one list append. Framing happens per block of frames
-    (:class:`~demo.wire.FrameBlock`); timestamps move into the preallocated column per
+    (:class:`~bufdemo.experiment.wire.FrameBlock`); timestamps move into the preallocated column per
     block; ``sent[0]`` (read by the sampler) is updated per block and before every wait.
     A gated ``sampler`` samples inline between blocks while the loop runs, and from its
-    thread only while the loop waits in the kernel (see :class:`~demo.recorder.Sampler`).
+    thread only while the loop waits in the kernel (see
+    :class:`~bufdemo.experiment.recorder.Sampler`).
     A write that cannot hand over the whole message is a blocking send: probed, finished
-    with a real wait (:func:`_finish`), probed again, logged in ``blocking``.
+    with a real wait (:func:`_finish`), probed again, logged in ``blocking``. While it
+    waits, ``progress[PROGRESS_BLOCKED_SINCE]`` (if given) holds when the wait began, and
+    0 again once it is over: only this slow path touches it.
 
-    Raises :class:`PeerError` if the connection breaks or a wait times out; what was
-    recorded until then stays in ``log`` and ``blocking``.
+    Raises :class:`PeerError` if the connection breaks, :class:`PeerTimeout` if a wait
+    times out; what was recorded until then stays in ``log`` and ``blocking``.
     """
     size = cfg.size
     block = block or FrameBlock(size, frames_per_block(size))
@@ -131,7 +155,7 @@ def send_loop(
     now = time.perf_counter_ns
     write = os.write
     fd = sock.fileno()
-    use_select = cfg.mode == "select"
+    use_select = cfg.mode is Mode.SELECT
     sock.setblocking(False)
     first = 0
     stamps: list[int] = []
@@ -151,7 +175,9 @@ def send_loop(
                         seq = first + len(stamps)
                         sent[0] = seq  # the sampler sees the count while we wait
                         t0 = now()
-                        before = _probe(sock)
+                        if progress is not None:
+                            progress[PROGRESS_BLOCKED_SINCE] = t0
+                        outq0, outq_nsd0, sndbuf0 = _probe(sock)
                         if sampler is not None:
                             sampler.resume()
                         try:
@@ -159,8 +185,24 @@ def send_loop(
                         finally:
                             if sampler is not None:
                                 sampler.pause()
+                            if progress is not None:
+                                progress[PROGRESS_BLOCKED_SINCE] = 0
                         t1 = now()
-                        blocking.append((seq, t0, t1, n, size - n, *before, *_probe(sock), waits))
+                        outq1, outq_nsd1, sndbuf1 = _probe(sock)
+                        blocking.append(
+                            seq=seq,
+                            t_start_ns=t0,
+                            t_end_ns=t1,
+                            accepted_first=n,
+                            bytes_after_wait=size - n,
+                            outq_start=outq0,
+                            outq_nsd_start=outq_nsd0,
+                            sndbuf_start=sndbuf0,
+                            outq_end=outq1,
+                            outq_nsd_end=outq_nsd1,
+                            sndbuf_end=sndbuf1,
+                            waits=waits,
+                        )
                     stamp(now())
             finally:
                 done = first + len(stamps)
@@ -174,7 +216,7 @@ def send_loop(
             f"after {log.rows} of {cfg.messages} messages"
         ) from exc
     except (TimeoutError, BlockingIOError) as exc:
-        raise PeerError(
+        raise PeerTimeout(
             f"receiver stuck: no buffer space for {cfg.timeout} s at message {log.rows} "
             f"({log.rows} of {cfg.messages} sent); the receiver is not reading"
         ) from exc
@@ -260,7 +302,7 @@ def run_sender(
         cfg.sample_interval,
         count=lambda: sent[0],
         progress=progress,
-        extra=lambda: len(blocking),
+        counters={PROGRESS_BLOCKING: lambda: len(blocking)},
         gated=True,  # the send loop samples inline while it runs (see Sampler)
     )
     try:
@@ -271,7 +313,7 @@ def run_sender(
         sampler.start()
         try:
             sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
-            send_loop(sock, cfg, log, blocking, sent, block, sampler)
+            send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
             _drain(sock, cfg, log.rows)
@@ -291,9 +333,9 @@ def run_sender(
         if progress is not None:
             progress[PROGRESS_DONE] = 1
         sock.close()
-        log.write(run_dir / "sends.csv", blocking)
-        blocking.write(run_dir / "blocking_sends.csv")
-        sampler.write(run_dir / "sender_samples.csv")
+        log.write(run_dir / runformat.SENDS.file, blocking)
+        blocking.write(run_dir / runformat.BLOCKING_SENDS.file)
+        sampler.write(run_dir / runformat.SENDER_SAMPLES.file)
     return result
 
 
@@ -304,7 +346,7 @@ def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
         while sock.recv(4096):
             pass  # the receiver sends nothing; anything else is ignored
     except (TimeoutError, BlockingIOError) as exc:
-        raise PeerError(
+        raise PeerTimeout(
             f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
             f"reading them within {cfg.timeout} s"
         ) from exc

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+
 from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.lecture.servers import MODELS
 
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CLIENTS",
-    "DEFAULT_MESSAGES",
-    "DEFAULT_SIZE",
+    "DEFAULT_LINE_SIZE",
+    "DEFAULT_LOAD_TIMEOUT",
+    "DEFAULT_MESSAGES_PER_CLIENT",
     "LoadConfig",
     "LoadResult",
     "ModelCost",
@@ -61,14 +63,15 @@ __all__ = [
 ]
 
 DEFAULT_CLIENTS = 50  # the acceptance load for every model
-DEFAULT_MESSAGES = 100  # per client: enough round trips to measure, short on a busy host
+# Enough round trips to measure, short on a busy host.
+DEFAULT_MESSAGES_PER_CLIENT = 100
 # 64 B: a chat-sized line; the cost under test is per connection, not per byte.
-DEFAULT_SIZE = 64
-DEFAULT_TIMEOUT = 60.0  # seconds for the whole load; a stuck server fails, never hangs
+DEFAULT_LINE_SIZE = 64
+DEFAULT_LOAD_TIMEOUT = 60.0  # seconds for the whole load; a stuck server fails, never hangs
 MAX_CLIENTS = 10_000  # each is a descriptor here and one (or a process) in the server
-MAX_MESSAGES = 1_000_000
-MIN_SIZE, MAX_SIZE = 32, 65536  # 32: room for the client and message numbers
-MAX_TIMEOUT = 3600.0
+MAX_MESSAGES_PER_CLIENT = 1_000_000
+MIN_LINE_SIZE, MAX_LINE_SIZE = 32, 65536  # 32: room for the client and message numbers
+MAX_LOAD_TIMEOUT = 3600.0
 RECV_SIZE = 65536
 # psutil sampling period while the load runs; the peak is also sampled once at the
 # moment every client is connected, so a short load cannot slip between samples.
@@ -93,20 +96,22 @@ class LoadConfig:
     host: str
     port: int
     clients: int = DEFAULT_CLIENTS
-    messages: int = DEFAULT_MESSAGES
-    size: int = DEFAULT_SIZE
-    timeout: float = DEFAULT_TIMEOUT
+    messages: int = DEFAULT_MESSAGES_PER_CLIENT
+    size: int = DEFAULT_LINE_SIZE
+    timeout: float = DEFAULT_LOAD_TIMEOUT
 
     def __post_init__(self) -> None:
-        for option, value, low, high in (
-            ("--clients", self.clients, 1, MAX_CLIENTS),
-            ("--messages", self.messages, 1, MAX_MESSAGES),
-            ("--size", self.size, MIN_SIZE, MAX_SIZE),
+        for setting, value, low, high in (
+            ("clients", self.clients, 1, MAX_CLIENTS),
+            ("messages", self.messages, 1, MAX_MESSAGES_PER_CLIENT),
+            ("size", self.size, MIN_LINE_SIZE, MAX_LINE_SIZE),
         ):
             if not low <= value <= high:
-                raise ConfigError(option, f"must be between {low} and {high}, got {value}")
-        if not 0 < self.timeout <= MAX_TIMEOUT:
-            raise ConfigError("--timeout", f"must be > 0 and <= {MAX_TIMEOUT}, got {self.timeout}")
+                raise ConfigError(setting, f"must be between {low} and {high}, got {value}")
+        if not 0 < self.timeout <= MAX_LOAD_TIMEOUT:
+            raise ConfigError(
+                "timeout", f"must be > 0 and <= {MAX_LOAD_TIMEOUT}, got {self.timeout}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +502,9 @@ def compare_models(
     models: Sequence[str] = MODELS,
     *,
     clients: int = DEFAULT_CLIENTS,
-    messages: int = DEFAULT_MESSAGES,
-    size: int = DEFAULT_SIZE,
-    timeout: float = DEFAULT_TIMEOUT,
+    messages: int = DEFAULT_MESSAGES_PER_CLIENT,
+    size: int = DEFAULT_LINE_SIZE,
+    timeout: float = DEFAULT_LOAD_TIMEOUT,
 ) -> list[ModelCost]:
     """Start each server model in turn, give it the same load, and measure its cost."""
     LoadConfig("127.0.0.1", 1, clients, messages, size, timeout)  # validate once, up front

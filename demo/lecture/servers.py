@@ -39,10 +39,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from types import FrameType
 from typing import NoReturn, Protocol
 
 from bufdemo.errors import BufdemoError, ConfigError
+from bufdemo.signals import StopSignals, stop_when_orphaned
 
 __all__ = [
     "FD_SETSIZE",
@@ -62,7 +62,7 @@ __all__ = [
 FD_SETSIZE = 1024
 # One recv() reads up to 64 KiB: the loopback MSS, so a full segment is one call.
 RECV_SIZE = 65536
-# asyncio's default high-water mark (KERNEL.md): past it, stop reading from the client
+# asyncio's default high-water mark: past it, stop reading from the client
 # until its replies have drained, so the server's memory per client stays bounded.
 HIGH_WATER = 64 * 1024
 # How often a waiting loop wakes to check the stop flag and reap children: short enough
@@ -91,11 +91,13 @@ class Model(StrEnum):
 MODELS: tuple[str, ...] = tuple(m.value for m in Model)
 
 
-def parse_model(text: str, option: str = "--model") -> Model:
+def parse_model(text: str, what: str = "model") -> Model:
+    """The model named ``text``; ``what`` names the value in the :class:`ConfigError`
+    (the setting ``model``, or what the caller read it from)."""
     try:
         return Model(text)
     except ValueError:
-        raise ConfigError(option, f"must be one of {', '.join(MODELS)}, got {text!r}") from None
+        raise ConfigError(what, f"must be one of {', '.join(MODELS)}, got {text!r}") from None
 
 
 class EventKind(StrEnum):
@@ -230,26 +232,22 @@ def _accept(listener: socket.socket) -> tuple[socket.socket, str] | None:
     return conn, _peer_name(addr)
 
 
-class _ChildStop(Exception):
-    """Raised in a forked child by SIGTERM/SIGINT: leave the echo loop, then exit."""
-
-
-def _child_stop(signum: int, frame: FrameType | None) -> None:
-    raise _ChildStop
-
-
 def _run_child(
-    listener: socket.socket, conn: socket.socket, peer: str, emit: EventSink
+    listener: socket.socket, conn: socket.socket, peer: str, emit: EventSink, parent: int
 ) -> NoReturn:
     """The forked child: serve one client, then leave without returning into the parent's
-    code (no atexit handlers, no second copy of the accept loop)."""
+    code (no atexit handlers, no second copy of the accept loop).
+
+    bufdemo's signal policy (:mod:`bufdemo.signals`): SIGTERM (the parent stopping its
+    children) or Ctrl-C ends the echo loop cleanly, and so does the parent's death.
+    """
     code = 0
     try:
-        signal.signal(signal.SIGTERM, _child_stop)
-        signal.signal(signal.SIGINT, _child_stop)
+        StopSignals().install()  # inherited from the parent otherwise: this child's own
+        stop_when_orphaned(parent)
         listener.close()  # the child's copy: only the parent accepts
         _echo_blocking(conn, peer, emit)
-    except (_ChildStop, KeyboardInterrupt):
+    except KeyboardInterrupt:
         conn.close()
     except BaseException:
         code = 1
@@ -290,9 +288,10 @@ def _serve_fork(
             emit(Event(EventKind.NEW_CONNECTION, conn.fileno(), peer, "forking a child"))
             sys.stdout.flush()  # or the child would print the parent's buffered text again
             sys.stderr.flush()
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _run_child(listener, conn, peer, emit)
+                _run_child(listener, conn, peer, emit, parent)
             children.add(pid)
             conn.close()  # the parent's copy: the child owns the connection now
     finally:
@@ -500,7 +499,7 @@ class _EventLoop:
             conn.send(REFUSAL)
             conn.shutdown(socket.SHUT_WR)  # FIN after the message
             # Discard what the client already sent: close() with unread data would send
-            # RST instead of FIN, and the client could lose the message (KERNEL.md).
+            # RST instead of FIN, and the client could lose the message (docs/kernel.md, "close()").
             while conn.recv(RECV_SIZE):
                 pass
         except OSError:

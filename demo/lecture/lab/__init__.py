@@ -56,7 +56,7 @@ def get(name: str) -> Experiment:
     except KeyError:
         names = ", ".join(EXPERIMENTS)
         raise ConfigError(
-            "NAME", f"unknown experiment {name!r}; choose one of: {names}, all"
+            "experiment", f"unknown experiment {name!r}; choose one of: {names}, all"
         ) from None
 
 

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # 1 KiB writes: a small fraction of any buffer used here, so the queue moves in small
-# steps (the same size the main experiment uses, DESIGN.md).
+# steps (the same size the main experiment's messages have).
 CHUNK = 1024
 # A send queue that has not become writable for this long is full, not momentarily busy:
 # on loopback an ACK takes microseconds, even on a loaded 2-core host well under 0.2 s.

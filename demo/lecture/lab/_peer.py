@@ -10,9 +10,11 @@ then serves each connection in a thread:
   recv() sizes, and how many newline-framed messages the bytes contained.
 
 Accepted sockets use SO_LINGER 0: when the peer is killed they are reset at once, so no
-orphaned socket keeps a network namespace alive after the experiment deleted it.
+orphaned socket keeps a network namespace alive after the experiment deleted it. The
+experiment kills its peer when done; if the experiment itself dies first, the peer
+stops by itself (bufdemo's signal policy, :mod:`bufdemo.signals`).
 
-    python -m demo.lab._peer --bind 127.0.0.1 --mode count --rcvbuf 16384
+    python -m bufdemo.lecture.lab._peer --bind 127.0.0.1 --mode count --rcvbuf 16384
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import socket
 import struct
 import sys
 import threading
+
+from bufdemo.signals import StopSignals, stop_when_orphaned
 
 RECV_SIZE = 65536
 FIRST_SIZES = 12  # how many recv() sizes to report: enough to see the pattern
@@ -60,11 +64,13 @@ def _serve(conn: socket.socket, mode: str, lock: threading.Lock) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.lab._peer")
+    parser = argparse.ArgumentParser(prog="python -m bufdemo.lecture.lab._peer")
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--mode", choices=("sink", "count"), default="sink")
     parser.add_argument("--rcvbuf", type=int, default=None)
     args = parser.parse_args(argv)
+    StopSignals().install()  # Ctrl-C, SIGTERM, or the experiment gone: leave the accept loop
+    stop_when_orphaned()
     lock = threading.Lock()
     with socket.socket() as listener:
         if args.rcvbuf:

@@ -1,0 +1,170 @@
+"""Ctrl-C and SIGTERM: one policy for every bufdemo process.
+
+- The first SIGINT or SIGTERM stops the work cleanly: it raises KeyboardInterrupt in the
+  main thread, the work unwinds, and what was recorded is written (tables, meta.json,
+  a side's record; a server closes its clients and reaps its children). SIGTERM is
+  Ctrl-C's twin, so that ``kill PID`` keeps the record too.
+- Later ones are only counted: they cannot cut that writing short (:class:`StopSignals`).
+- A child process that bufdemo starts (the two sides of ``bufdemo run``) starts with
+  both signals blocked (:func:`blocked` around its start): one that arrives while the
+  child's interpreter is still starting is held, not lost and not a traceback, and is
+  handled as soon as the child has installed its handler (:func:`unblock`).
+- A child stops by itself, as if interrupted, when its parent disappears
+  (:func:`stop_when_orphaned`): a ``bufdemo run`` killed outright (SIGKILL) leaves no
+  sender, receiver or forked echo worker running on its own.
+- A command stopped this way exits 130 (:data:`EXIT_INTERRUPTED`, 128 + SIGINT, what a
+  shell reports for Ctrl-C), except where being stopped is how it normally ends
+  (``bufdemo serve``: exit 0).
+
+The handlers run in the main thread, between bytecodes (Python's rule): a thread
+never sees the KeyboardInterrupt, and a main thread blocked in a system call is woken to
+raise it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import multiprocessing as mp
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "STOP_SIGNALS",
+    "StopSignals",
+    "blocked",
+    "stop_when_orphaned",
+    "unblock",
+]
+
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+# How often a child without a parent-death event checks whether its parent is gone
+# (only where pidfd_open is missing): cheap, and a stop within 0.2 s is soon enough.
+_ORPHAN_POLL = 0.2
+
+
+class StopSignals:
+    """The policy for this process: in a ``with`` block (the previous handlers come back
+    on exit), or installed with :meth:`install` for the rest of a child's life.
+
+    The first SIGINT/SIGTERM raises KeyboardInterrupt while :attr:`raising`; every
+    later one, and any that arrives once :attr:`raising` was set to False (cleanup has
+    begun), is only counted in :attr:`count`. Outside the main thread this does nothing
+    (Python only installs handlers there).
+    """
+
+    def __init__(self) -> None:
+        self.raising = True
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.raising:
+            self.raising = False
+            raise KeyboardInterrupt
+
+    def install(self) -> StopSignals:
+        """Install for good (a child process: the handler stays until it has exited)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+@contextlib.contextmanager
+def blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM in this thread; a child started inside inherits the mask.
+
+    On leaving, the old mask returns and a signal held meanwhile is delivered (to this
+    process: raised here, as the first Ctrl-C, if :class:`StopSignals` is installed).
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock() -> None:
+    """In a child started inside :func:`blocked`, once its handler is installed: let the
+    stop signals in (one held since the start is delivered now)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def stop_when_orphaned(parent_pid: int | None = None) -> None:
+    """Stop this process as if interrupted (SIGTERM to itself) when its parent exits.
+
+    A child of :mod:`multiprocessing` watches its parent's sentinel from a daemon thread;
+    any other child (a forked worker, a helper started with subprocess) gives
+    ``parent_pid``, read *before* the fork, or nothing to mean its parent now: if that
+    parent is already gone, it stops at once. On Linux such a child asks the kernel for
+    the signal (``prctl(PR_SET_PDEATHSIG)``) and starts no thread, so a forked echo
+    worker costs what the lecture says it costs; elsewhere a daemon thread waits.
+    """
+    mp_parent = mp.parent_process()
+    wait: Callable[[], object]
+    if mp_parent is not None:
+        wait = mp_parent.join  # returns when the parent process has gone
+    else:
+        pid = os.getppid() if parent_pid is None else parent_pid
+        kernel_watches = _parent_death_signal(signal.SIGTERM)
+        if os.getppid() != pid:  # already orphaned (re-parented to init or a subreaper)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if kernel_watches:
+            return
+        wait = functools.partial(_wait_for_exit, pid)
+
+    def watch() -> None:
+        wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="bufdemo-orphan-watch", daemon=True).start()
+
+
+# prctl(2) option: the signal this process gets when the thread that created it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send ``signum`` when the parent exits; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Return when process ``pid`` (this one's parent) has exited."""
+    try:
+        fd = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has exited
+    except (AttributeError, OSError):
+        while os.getppid() == pid:  # re-parented once the parent is gone
+            time.sleep(_ORPHAN_POLL)
+        return
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
