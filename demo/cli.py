@@ -5,6 +5,9 @@ The experiment's commands (``run``, ``send``, ``receive``, ``plot``, ``report``)
 :mod:`bufdemo.lecture.cli`; this module joins them and owns what happens to an error:
 usage errors exit 2, runtime failures exit 1 as ``ErrorName: message``, Ctrl-C exits
 130. No traceback reaches the user (``BUFDEMO_DEBUG=1`` shows one for a bug).
+
+The library names a bad value by its setting (``recv_delay``, a field of the config
+object); :func:`option_for` turns that into the option the user typed (``--recv-delay``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
+
 from bufdemo import __version__
 from bufdemo.console import one_line
 from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.experiment import cli as experiment_cli
 from bufdemo.lecture import cli as lecture_cli
-from typer.exceptions import TyperException
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "option_for"]
 
 app = typer.Typer(
     name="bufdemo",
@@ -67,18 +71,61 @@ experiment_cli.register(app)
 lecture_cli.register(app)
 
 
+# Settings whose option is not "--" + the setting with "-" for "_": the exceptions.
+OPTION_FOR_SETTING = {
+    "plot": "--no-plot",  # RunConfig.plot is the negation of the flag
+    "experiment": "NAME",  # lab run's argument
+}
+
+
+def option_for(setting: str) -> str:
+    """The option (or argument) a user typed for a library ``setting``.
+
+    An option name (``--listen``) or an argument's metavar (``NAME``, ``HOST:PORT``) is
+    already what the user saw; a field name becomes its option: ``recv_delay`` ->
+    ``--recv-delay``, with :data:`OPTION_FOR_SETTING` for the exceptions.
+    """
+    if setting in OPTION_FOR_SETTING:
+        return OPTION_FOR_SETTING[setting]
+    if setting.startswith("-") or not setting.islower():
+        return setting
+    return "--" + setting.replace("_", "-")
+
+
+def _parser_message(exc: TyperException) -> str:
+    """The parser's complaint in bufdemo's form, ``OPTION: rule, got VALUE``, when it
+    says which value broke which rule; its own message otherwise.
+
+    typer checks a value's type with pydantic and keeps the pydantic error as the
+    cause, which holds the value; typer's message alone does not name it.
+    """
+    param, cause = getattr(exc, "param", None), exc.__cause__
+    try:
+        first = cause.errors()[0]  # type: ignore[union-attr]
+        value, rule = first["input"], str(first["msg"])
+        name = max(param.opts, key=len)  # type: ignore[union-attr]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return exc.format_message()
+    rule = rule.removeprefix("Value error, ")
+    rule = rule[:1].lower() + rule[1:]
+    got = "" if repr(value) in rule else f", got {value!r}"
+    return f"{name}: {rule}{got}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: run the app, turn every error into one line.
 
-    Usage errors (typer's parser, or :class:`ConfigError` from validation) exit 2;
-    :class:`BufdemoError` exits with its code; Ctrl-C exits 130. Anything else is a
-    bug: one line here, the traceback with ``BUFDEMO_DEBUG=1``.
+    Usage errors (typer's parser, or :class:`ConfigError` from validation, its setting
+    named as the option) exit 2; :class:`BufdemoError` exits with its code; Ctrl-C
+    exits 130; an OSError that no layer turned into a BufdemoError (the file system
+    refused) is a runtime failure, exit 1. Anything else is a bug: one line here, the
+    traceback with ``BUFDEMO_DEBUG=1``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=args, prog_name="bufdemo", standalone_mode=False)
     except ConfigError as exc:
-        one_line(f"bufdemo: usage error: {exc}")
+        one_line(f"bufdemo: usage error: {option_for(exc.setting)}: {exc.message}")
         return 2
     except BufdemoError as exc:
         one_line(f"{type(exc).__name__}: {exc}")
@@ -90,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # not public; typer tests it so too
             typer.echo(exc.format_message())
             return 0
-        one_line(f"bufdemo: usage error: {exc.format_message()}")
+        one_line(f"bufdemo: usage error: {_parser_message(exc)}")
         return exc.exit_code
     except OSError as exc:  # the file system refused (a full disk, a read-only folder)
         one_line(f"{type(exc).__name__}: {exc}")

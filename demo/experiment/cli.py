@@ -1,20 +1,29 @@
-"""The ``bufdemo`` command line: a thin layer over demo.run and analysis.
+"""The experiment's commands: ``run``, ``send``, ``receive``, ``plot`` and ``report``.
 
-Errors are one line: usage errors (a bad option value) exit 2, runtime failures exit 1
-as ``ErrorName: message``, Ctrl-C exits 130. No traceback reaches the user.
+A thin layer over :mod:`bufdemo.experiment.run` and :mod:`bufdemo.analysis`: it parses
+the options, builds the one :class:`RunConfig`, shows progress
+(:mod:`bufdemo.experiment.live`) and prints. Results go to stdout (the summary, the
+by-hand halves' counts, ``--json``), status to stderr (progress, "listening on",
+warnings, errors), so a result can be piped while the progress stays visible.
+
+Errors are raised, not printed: :func:`bufdemo.cli.main` turns them into one line
+(usage errors exit 2, runtime failures exit 1, Ctrl-C exits 130).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from enum import StrEnum
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+
 from bufdemo.console import err, one_line, out
 from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import (
@@ -23,151 +32,144 @@ from bufdemo.experiment.config import (
     DEFAULT_SAMPLE_INTERVAL,
     DEFAULT_SIZE,
     MAX_SIZE,
+    Mode,
     RunConfig,
 )
+from bufdemo.experiment.live import Reading, live_display
 from bufdemo.experiment.recorder import (
+    PROGRESS_BLOCKED_SINCE,
+    PROGRESS_BLOCKING,
     PROGRESS_COUNT,
-    PROGRESS_EXTRA,
+    PROGRESS_INQ,
+    PROGRESS_INTACT,
     PROGRESS_OUTQ,
     PROGRESS_SLOTS,
 )
+from bufdemo.experiment.wire import HEADER_SIZE
 from bufdemo.net import Address, parse_address
-from rich.console import Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 __all__ = ["register"]
 
 
-class Mode(StrEnum):
-    blocking = "blocking"
-    select = "select"
-
-
-# -- shared options -----------------------------------------------------------------
+# -- the options, one definition each: the same name, flag, unit and default everywhere --
 
 MessagesOpt = Annotated[
-    int, typer.Option("--messages", "-n", help="Messages to send.", show_default=True)
+    int,
+    typer.Option("--messages", "-n", metavar="N", help="How many messages the sender sends."),
 ]
 SizeOpt = Annotated[
     int,
-    typer.Option("--size", help="Bytes per message, 24-byte header included.", show_default=True),
+    typer.Option(
+        "--size",
+        metavar="BYTES",
+        help=f"Bytes per message on the wire, everything included (its {HEADER_SIZE}-byte "
+        f"frame header: the payload is BYTES - {HEADER_SIZE}).",
+    ),
 ]
 DelayOpt = Annotated[
     float,
     typer.Option(
         "--recv-delay",
         "-d",
-        help="Seconds of receiver work per message (0 = as fast as it can read).",
-        show_default=True,
+        metavar="SECONDS",
+        help="The receiver's work per message, in seconds: it consumes at most 1/SECONDS "
+        "messages a second. 0: as fast as it can read.",
     ),
 ]
 SndbufOpt = Annotated[
     int | None,
     typer.Option(
         "--sndbuf",
-        help="setsockopt(SO_SNDBUF) before connect. Linux doubles it and turns send "
-        "autotuning off. Unset: kernel autotuning.",
+        metavar="BYTES",
+        help="setsockopt(SO_SNDBUF) on the sender's socket, before connect(). Linux grants "
+        "twice the request and turns autotuning off for that socket. Unset: autotuning.",
     ),
 ]
 RcvbufOpt = Annotated[
     int | None,
     typer.Option(
         "--rcvbuf",
-        help="setsockopt(SO_RCVBUF) before listen. Linux doubles it. Unset: autotuning.",
+        metavar="BYTES",
+        help="setsockopt(SO_RCVBUF) on the receiver's socket, before listen(). Linux grants "
+        "twice the request and turns autotuning off for that socket. Unset: autotuning.",
     ),
 ]
 ModeOpt = Annotated[
     Mode,
     typer.Option(
         "--mode",
-        help="blocking: MSG_DONTWAIT attempt, then a real blocking send. "
-        "select: non-blocking socket, wait for select()'s writable event.",
+        help="How the sender waits when the send buffer is full. blocking: a real blocking "
+        "send(), the kernel puts it to sleep. select: a non-blocking socket that waits for "
+        "select()'s writable event.",
     ),
 ]
 OutOpt = Annotated[
-    Path, typer.Option("--out", "-o", help="Parent directory; each run gets a new one.")
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Where run directories go: each run creates a new one inside DIR (made if missing).",
+    ),
 ]
 SampleOpt = Annotated[
     float,
-    typer.Option("--sample-interval", help="Seconds between queue samples on each side."),
+    typer.Option(
+        "--sample-interval",
+        metavar="SECONDS",
+        help="How often each side samples its socket's queues and tcp_info, in seconds.",
+    ),
 ]
 TimeoutOpt = Annotated[
     float | None,
     typer.Option(
         "--timeout",
-        help="Give up when one wait (for buffer space, or for data) exceeds this many "
-        "seconds, and say which side was stuck. Unset: wait as long as it takes.",
+        metavar="SECONDS",
+        help="Give up when one wait for the peer lasts longer than SECONDS (the sender "
+        "waiting for buffer space, the receiver for a sender or for data), and say which "
+        "side was stuck. Unset: wait as long as it takes.",
+    ),
+]
+NoPlotOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-plot",
+        metavar="",
+        help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="HEX",
+        help="32 hex digits shared by the two halves: the receiver accepts only a sender "
+        "that sends this token. Unset: any bufdemo sender is accepted.",
     ),
 ]
 
 
-def _config(**kwargs: Any) -> RunConfig:
-    """Build the validated config; ConfigError reaches main() as a usage error."""
-    if isinstance(kwargs.get("mode"), Mode):
-        kwargs["mode"] = kwargs["mode"].value
-    return RunConfig(**kwargs)
-
-
-# -- live progress -----------------------------------------------------------------
-
-
-def _mb(n: int | None) -> str:
-    if n is None or n < 0:
-        return "n/a"
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
-def _bar_row(label: str, done: int, total: int) -> Table:
-    row = Table.grid(padding=(0, 1))
-    row.add_column(width=9)
-    row.add_column(width=40)
-    row.add_column()
-    row.add_row(
-        label, ProgressBar(total=total, completed=done, width=40), f"{done:>9,} / {total:,}"
+def _json_option(what: str, *, progress: bool = True) -> Any:
+    shown = " Progress is then shown only if stderr is a terminal." if progress else ""
+    return typer.Option(
+        "--json",
+        metavar="",
+        help=f"Print {what} on stdout as JSON, and nothing else there.{shown}",
     )
-    return row
 
 
-def _progress_view(
-    total: int,
-    *,
-    elapsed: float,
-    sent: int | None = None,
-    consumed: int | None = None,
-    send_queue: int | None = None,
-    recv_queue: int | None = None,
-    blocking: int | None = None,
-) -> Group:
-    rows: list[Any] = []
-    if sent is not None:
-        rows.append(_bar_row("sent", sent, total))
-    if consumed is not None:
-        rows.append(_bar_row("consumed", consumed, total))
-    facts = [f"elapsed {elapsed:6.1f} s"]
-    if send_queue is not None:
-        facts.append(f"send queue {_mb(send_queue)}")
-    if recv_queue is not None:
-        facts.append(f"receive queue {_mb(recv_queue)}")
-    if blocking is not None:
-        facts.append(f"blocking sends {blocking:,}")
-    rows.append(Text("   ".join(facts), style="dim"))
-    return Group(*rows)
+def _progress_shown(as_json: bool) -> bool:
+    """The live display and its header: on a terminal, or when stdout is the report."""
+    return err.is_terminal or not as_json
 
 
-@contextmanager
-def _live(render: Callable[[], Any], enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    try:
-        with Live(get_renderable=render, console=err, refresh_per_second=4, transient=False):
-            yield
-    finally:
-        if not err.is_terminal:
-            err.print()  # a file or pipe gets the final frame without its line end
+def _display(read: Callable[[], Reading], shown: bool, mode: Mode) -> AbstractContextManager[None]:
+    return live_display(read, err, mode=mode.value) if shown else nullcontext()
+
+
+def _say(text: str) -> None:
+    """A result line on stdout, unwrapped and unstyled (a path may hold brackets)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- run ---------------------------------------------------------------------------
@@ -179,23 +181,22 @@ def run(
     recv_delay: DelayOpt = DEFAULT_RECV_DELAY,
     sndbuf: SndbufOpt = None,
     rcvbuf: RcvbufOpt = None,
-    mode: ModeOpt = Mode.blocking,
+    mode: ModeOpt = Mode.BLOCKING,
     out_dir: OutOpt = Path("runs"),
-    no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip the plots.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print only the summary, as JSON, on stdout.")
-    ] = False,
+    no_plot: NoPlotOpt = False,
+    as_json: Annotated[bool, _json_option("only the summary (summary.json)")] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
 ) -> int:
-    """Run the experiment: a receiver process that spends --recv-delay on each message and
-    a sender process that pushes --messages as fast as the kernel accepts them. Records
-    every send, logs every blocking send with the queues around it, samples both sockets,
-    then writes a run directory, a summary and the timeline plot.
+    """Run the experiment on loopback: a receiver process that spends --recv-delay on each
+    message and a sender process that pushes --messages as fast as the kernel accepts
+    them. Records every send, logs every blocking send with the queues around it,
+    samples both sockets, then writes a run directory (inside --out), its summary and
+    the timeline plot. Progress on stderr; the summary on stdout.
     """
     from bufdemo.experiment.run import Progress, create_run_dir, run_experiment, run_label
 
-    cfg = _config(
+    cfg = RunConfig(
         messages=messages,
         size=size,
         recv_delay=recv_delay,
@@ -207,34 +208,44 @@ def run(
         sample_interval=sample_interval,
         timeout=timeout,
     )
-    latest = [Progress(0.0, 0, 0, 0, 0, 0)]
+    latest: list[Progress | None] = [None]
 
-    def render() -> Group:
-        p = latest[0]
-        return _progress_view(
-            cfg.messages,
-            elapsed=p.elapsed,
+    def read() -> Reading:
+        now, p = time.perf_counter_ns(), latest[0]
+        if p is None:
+            return Reading(now, 0.0, total=cfg.messages, sent=0, consumed=0)
+        return Reading(
+            now,
+            p.elapsed,
+            total=cfg.messages,
             sent=p.sent,
             consumed=p.consumed,
             send_queue=p.send_queue,
             recv_queue=p.recv_queue,
-            blocking=p.blocking_sends,
+            blocking_sends=p.blocking_sends,
+            blocked_since_ns=p.blocked_since_ns,
         )
 
     def on_progress(p: Progress) -> None:
         latest[0] = p
 
     run_dir = create_run_dir(cfg.out, run_label(cfg))  # fails here, before any output
-    if not as_json:
+    shown = _progress_shown(as_json)
+    if shown:
         err.print(
-            f"[bold]bufdemo run[/]: {cfg.messages:,} x {cfg.size} B, receiver "
-            f"{cfg.recv_delay * 1e3:g} ms/message, SO_SNDBUF "
-            f"{cfg.sndbuf if cfg.sndbuf is not None else 'auto'}, SO_RCVBUF "
-            f"{cfg.rcvbuf if cfg.rcvbuf is not None else 'auto'}, mode {cfg.mode}"
+            f"[bold]bufdemo run[/]: {cfg.messages:,} messages of {cfg.size:,} B, the "
+            f"receiver spending {cfg.recv_delay * 1e3:g} ms on each\n"
+            f"SO_SNDBUF {_requested(cfg.sndbuf)}, SO_RCVBUF {_requested(cfg.rcvbuf)}, "
+            f"mode {cfg.mode.value}",
+            soft_wrap=True,
         )
-    with _live(render, enabled=err.is_terminal or not as_json):
+    with _display(read, shown, cfg.mode):
         result = run_experiment(cfg, on_progress, run_dir=run_dir)
     return _finish_run(result.run_dir, cfg.plot, as_json, result.reason, result.interrupted)
+
+
+def _requested(buffer: int | None) -> str:
+    return "auto" if buffer is None else f"{buffer:,} B requested"
 
 
 def _finish_run(
@@ -295,7 +306,9 @@ SUMMARY_ROWS = (
 )
 
 
-def _print_summary(summary: dict[str, Any], run_dir: Path, figures: Sequence[Path]) -> None:
+def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) -> None:
+    """The summary as a table on stdout, with its notes (part of the summary, as in
+    --json), the figures and the run directory."""
     table = Table(title="bufdemo summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -309,11 +322,11 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, figures: Sequence[Pat
             table.add_row(label, shown, unit)
     out.print(table)
     for note in summary.get("notes", []):
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {escape(note)}")
     for path in figures:
         if path.suffix == ".png":
-            out.print(f"plot: {path}")
-    out.print(f"run directory: {run_dir}")
+            _say(f"plot: {path}")
+    _say(f"run directory: {run_dir}")
 
 
 # -- the two halves by hand ------------------------------------------------------------
@@ -325,49 +338,58 @@ def receive(
         typer.Option(
             "--listen",
             "-l",
-            help="HOST:PORT to listen on (port 0: any free port). A non-loopback "
-            "address is reachable by other hosts.",
+            metavar="HOST:PORT",
+            help="Where to listen; port 0: a free port, printed. An address other than "
+            "loopback is reachable by other hosts (pass --token).",
         ),
     ] = "127.0.0.1:0",
     recv_delay: DelayOpt = DEFAULT_RECV_DELAY,
     rcvbuf: RcvbufOpt = None,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", help="Accept only a sender with this hex token (32 hex digits)."),
-    ] = None,
+    token: TokenOpt = None,
     max_size: Annotated[
-        int, typer.Option("--max-size", help="Largest frame a sender may announce, bytes.")
+        int,
+        typer.Option(
+            "--max-size",
+            metavar="BYTES",
+            help="The largest message a sender may announce (its --size): a bound on "
+            "what a stranger can make this process allocate.",
+        ),
     ] = MAX_SIZE,
     out_dir: OutOpt = Path("runs"),
+    as_json: Annotated[
+        bool, _json_option("the receiver's record (as in meta.json) and its run directory")
+    ] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
 ) -> int:
     """The receiving half by hand: listen, consume one sender's messages at --recv-delay
-    each, write the receiver's tables. Start it first, then `bufdemo send` (the lecture:
-    start the server, then the client).
+    each, write the receiver's tables in a run directory (inside --out). Start it first,
+    then `bufdemo send --to` the address it prints (the lecture: start the server, then
+    the client).
     """
     from bufdemo.experiment.receiver import ReceiverResult, run_receiver
-    from bufdemo.experiment.run import LazyRunDir, StopSignals, check_out_dir, kept_on_failure
+    from bufdemo.experiment.run import LazyRunDir, check_out_dir, kept_on_failure
+    from bufdemo.signals import StopSignals
 
     address = parse_address(listen, "--listen")
     token_bytes = _parse_token(token)
-    if not 24 <= max_size <= MAX_SIZE:
+    if not HEADER_SIZE <= max_size <= MAX_SIZE:
         raise ConfigError(
-            "--max-size", f"must be between 24 (the frame header) and {MAX_SIZE}, got {max_size}"
+            "--max-size",
+            f"must be between {HEADER_SIZE} (the frame header) and {MAX_SIZE}, got {max_size}",
         )
-    cfg = _config(
+    cfg = RunConfig(
         recv_delay=recv_delay,
         rcvbuf=rcvbuf,
         out=out_dir,
         sample_interval=sample_interval,
         timeout=timeout,
-        **({"token": token_bytes} if token_bytes else {}),
+        **_token_setting(token_bytes),
     )
     if not address.is_loopback:
-        err.print(
-            f"[yellow]warning:[/] listening on {address}: other hosts can reach this port"
-            + ("" if token_bytes else "; pass --token so only your sender is accepted"),
-            soft_wrap=True,
+        one_line(
+            f"warning: listening on {address}: other hosts can reach this port"
+            + ("" if token_bytes else "; pass --token so only your sender is accepted")
         )
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
@@ -375,10 +397,25 @@ def receive(
     made = LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
     def on_listening(addr: Address) -> None:
-        err.print(f"listening on {addr}; now start: bufdemo send --to {addr}", soft_wrap=True)
+        one_line(f"listening on {addr}; now start: bufdemo send --to {addr}")
+
+    def read() -> Reading:
+        now, t0 = time.perf_counter_ns(), result.t_connected_ns
+        return Reading(
+            now,
+            (now - t0) / 1e9 if t0 else 0.0,
+            total=result.messages_expected,
+            consumed=progress[PROGRESS_COUNT],
+            intact=progress[PROGRESS_INTACT],
+            recv_queue=progress[PROGRESS_INQ],
+        )
 
     # Ctrl-C or `kill PID`: the first stops the run, later ones cannot cut the writing.
-    with StopSignals(), kept_on_failure(made, cfg, receiver=result):
+    with (
+        StopSignals(),
+        kept_on_failure(made, cfg, receiver=result),
+        _display(read, _progress_shown(as_json), cfg.mode),
+    ):
         run_receiver(
             cfg,
             address,
@@ -392,35 +429,49 @@ def receive(
     counts = f"consumed {result.messages:,} messages ({result.intact:,} intact)"
     if result.rejected:
         counts += f", {result.rejected:,} stray connection(s) rejected"
+    if as_json:
+        out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
     if not result.complete:
         one_line(f"RunIncomplete: {result.error} ({counts}; kept in {made.path})")
         return 1
-    err.print(f"{counts} -> {made.path}")
+    if not as_json:
+        _say(f"{counts} -> {made.path}")
     return 0
 
 
 def send(
-    to: Annotated[str, typer.Option("--to", "-t", help="HOST:PORT of a `bufdemo receive`.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            "-t",
+            metavar="HOST:PORT",
+            help="The address a `bufdemo receive` printed.",
+        ),
+    ],
     messages: MessagesOpt = DEFAULT_MESSAGES,
     size: SizeOpt = DEFAULT_SIZE,
     sndbuf: SndbufOpt = None,
-    mode: ModeOpt = Mode.blocking,
-    token: Annotated[
-        str | None, typer.Option("--token", help="The receiver's token, if it set one.")
-    ] = None,
+    mode: ModeOpt = Mode.BLOCKING,
+    token: TokenOpt = None,
     out_dir: OutOpt = Path("runs"),
+    as_json: Annotated[
+        bool, _json_option("the sender's record (as in meta.json) and its run directory")
+    ] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
 ) -> int:
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
-    as the kernel accepts them, record every send, write the sender's tables.
+    as the kernel accepts them, record every send, write the sender's tables in a run
+    directory (inside --out).
     """
-    from bufdemo.experiment.run import LazyRunDir, StopSignals, check_out_dir, kept_on_failure
+    from bufdemo.experiment.run import LazyRunDir, check_out_dir, kept_on_failure
     from bufdemo.experiment.sender import SenderResult, run_sender
+    from bufdemo.signals import StopSignals
 
     address = parse_address(to, "--to", allow_port_zero=False)
     token_bytes = _parse_token(token)
-    cfg = _config(
+    cfg = RunConfig(
         messages=messages,
         size=size,
         sndbuf=sndbuf,
@@ -428,44 +479,46 @@ def send(
         out=out_dir,
         sample_interval=sample_interval,
         timeout=timeout,
-        **({"token": token_bytes} if token_bytes else {}),
+        **_token_setting(token_bytes),
     )
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
-    started = [0.0]
     result = SenderResult()
     made = LazyRunDir(cfg.out, f"send-n{cfg.messages}")
 
-    def render() -> Group:
-        return _progress_view(
-            cfg.messages,
-            elapsed=_since(started),
+    def read() -> Reading:
+        now, t0 = time.perf_counter_ns(), result.t_connected_ns
+        return Reading(
+            now,
+            (now - t0) / 1e9 if t0 else 0.0,
+            total=cfg.messages,
             sent=progress[PROGRESS_COUNT],
             send_queue=progress[PROGRESS_OUTQ],
-            blocking=progress[PROGRESS_EXTRA],
+            blocking_sends=progress[PROGRESS_BLOCKING],
+            blocked_since_ns=progress[PROGRESS_BLOCKED_SINCE],
         )
 
     with (
         StopSignals(),  # Ctrl-C or `kill PID`: the first stops, later ones are ignored
         kept_on_failure(made, cfg, sender=result),
-        _live(render, enabled=err.is_terminal),
+        _display(read, _progress_shown(as_json), cfg.mode),
     ):
-        started[0] = _now()
         run_sender(cfg, address, made.create, progress=progress, result=result)
-    err.print(
-        f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking -> {made.path}"
-    )
-    return 0 if result.complete else 1
+    counts = f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking"
+    if as_json:
+        out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
+    if not result.complete:
+        reason = result.error or "the sender did not finish"
+        one_line(f"RunIncomplete: {reason} ({counts}; kept in {made.path})")
+        return 1
+    if not as_json:
+        _say(f"{counts} -> {made.path}")
+    return 0
 
 
-def _now() -> float:
-    import time
-
-    return time.monotonic()
-
-
-def _since(started: list[float]) -> float:
-    return _now() - started[0] if started[0] else 0.0
+def _token_setting(token: bytes | None) -> dict[str, Any]:
+    """The token for RunConfig: the user's, or (when unset) the config's random one."""
+    return {} if token is None else {"token": token}
 
 
 def _parse_token(token: str | None) -> bytes | None:
@@ -483,23 +536,29 @@ def _parse_token(token: str | None) -> bytes | None:
 # -- analysis of a run directory ---------------------------------------------------
 
 
-RunArg = Annotated[Path, typer.Argument(help="A run directory written by bufdemo run.")]
+RunArg = Annotated[
+    Path, typer.Argument(metavar="RUN", help="A run directory written by bufdemo run/send/receive.")
+]
 
 
 def plot(run_dir: RunArg) -> int:
-    """Rebuild timeline.png/.svg and zoom.png/.svg from a run directory."""
+    """Redraw timeline.png/.svg and zoom.png/.svg in a run directory: the plots
+    `bufdemo run` draws unless --no-plot. Prints the files written."""
     from bufdemo import analysis
 
     for path in analysis.save_figures(analysis.load_run(run_dir)):
-        out.print(f"wrote {path}")
+        _say(f"wrote {path}")
     return 0
 
 
 def report(
     run_dir: RunArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: Annotated[
+        bool, _json_option("only the summary (summary.json)", progress=False)
+    ] = False,
 ) -> int:
-    """Recompute summary.json from a run directory's tables and print it."""
+    """Recompute summary.json from a run directory's tables and print it: the summary
+    `bufdemo run` prints at its end."""
     from bufdemo import analysis
 
     summary = json.loads(analysis.write_summary(analysis.load_run(run_dir)).read_text())

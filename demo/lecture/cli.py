@@ -1,32 +1,34 @@
 """The lecture's commands: ``serve``, ``client``, ``load`` and ``lab``.
 
 A thin layer: it parses and validates options (a bad value raises ConfigError, exit 2),
-calls demo.servers / demo.client / demo.load / demo.lab, and prints. ``register(app)``
-adds the commands to bufdemo's main typer app (demo/cli.py), whose ``main()`` turns
-errors into one line.
+calls bufdemo.lecture.servers / client / loadgen / lab, and prints: results on stdout
+(echo replies, events, load figures, verdicts, ``--json``), status on stderr ("serving
+echo on ...", notices, warnings). ``register(app)`` adds the commands to bufdemo's main
+typer app (bufdemo.cli), whose ``main()`` turns errors into one line.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
+
+from bufdemo.console import one_line, out
 from bufdemo.errors import BufdemoError, ConfigError, PeerError
 from bufdemo.lecture import lab as lab_mod
 from bufdemo.lecture.client import connect, run_client
 from bufdemo.lecture.loadgen import (
     COST_METRICS,
     DEFAULT_CLIENTS,
-    DEFAULT_MESSAGES,
-    DEFAULT_SIZE,
-    DEFAULT_TIMEOUT,
+    DEFAULT_LINE_SIZE,
+    DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_MESSAGES_PER_CLIENT,
     LoadConfig,
     ModelCost,
     compare_models,
@@ -39,8 +41,7 @@ from bufdemo.lecture.loadgen import (
 )
 from bufdemo.lecture.servers import MODELS, Event, open_listener, parse_model, serve
 from bufdemo.net import Address, parse_address
-from rich.console import Console
-from rich.table import Table
+from bufdemo.signals import StopSignals
 
 __all__ = ["register"]
 
@@ -50,9 +51,6 @@ DEFAULT_LISTEN = "127.0.0.1:7007"
 # poll/epoll near 1,000 clients and hide select()'s own FD_SETSIZE limit behind EMFILE.
 SERVER_NOFILE = 65536
 
-out = Console(highlight=False)
-
-
 # -- serve ---------------------------------------------------------------------------
 
 
@@ -61,25 +59,32 @@ def _print_event(event: Event) -> None:
 
 
 def _print_notice(text: str) -> None:
-    print(f"bufdemo serve: {text}", file=sys.stderr, flush=True)
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # `kill PID` stops as cleanly as Ctrl-C
+    one_line(f"bufdemo serve: {text}")
 
 
 def serve_cmd(
     model: Annotated[
-        str, typer.Option("--model", "-m", help=f"Server shape: {', '.join(MODELS)}.")
+        str,
+        typer.Option("--model", "-m", metavar="MODEL", help=f"Server shape: {', '.join(MODELS)}."),
     ],
     listen: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to listen on; port 0 picks a free one.")
+        str,
+        typer.Option(
+            "--listen",
+            "-l",
+            metavar="HOST:PORT",
+            help="Where to listen; port 0: a free port, printed. The fixed default port "
+            "lets `bufdemo client 127.0.0.1:7007` find it. An address other than loopback "
+            "is reachable by other hosts.",
+        ),
     ] = DEFAULT_LISTEN,
     events: Annotated[
         bool,
         typer.Option(
             "--events",
-            help="Print each event: new connection, data readable, peer closed, writable.",
+            metavar="",
+            help="Print each event on stdout: new connection, data readable, peer closed, "
+            "writable.",
         ),
     ] = False,
 ) -> None:
@@ -87,30 +92,26 @@ def serve_cmd(
 
     fork: a child process per client. thread: a thread per client. select, poll,
     epoll: one loop watching every socket; select refuses clients past FD_SETSIZE.
+    The address it serves on goes to stderr; events (--events) and the closing count
+    to stdout.
     """
     chosen = parse_model(model)
     address = parse_address(listen, "--listen")
     if not address.is_loopback:
-        print(
-            f"warning: listening on {address}: other hosts can reach this echo server",
-            file=sys.stderr,
-            flush=True,
-        )
+        one_line(f"warning: listening on {address}: other hosts can reach this echo server")
     raise_nofile_limit(SERVER_NOFILE)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    try:
-        with open_listener(address.host, address.port) as listener:
-            host, port = listener.getsockname()[:2]
-            bound = Address(host, port)
-            print(f"serving echo (model {chosen.value}) on {bound}; Ctrl-C stops", flush=True)
-            stats = serve(
-                chosen,
-                listener,
-                on_event=_print_event if events else None,
-                on_notice=_print_notice,
-            )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # bufdemo.signals: Ctrl-C or `kill PID` stops serving (exit 0, being stopped is how
+    # a server ends); a second one cannot cut the clean-up short.
+    with StopSignals(), open_listener(address.host, address.port) as listener:
+        host, port = listener.getsockname()[:2]
+        bound = Address(host, port)
+        one_line(f"serving echo (model {chosen.value}) on {bound}; Ctrl-C stops")
+        stats = serve(
+            chosen,
+            listener,
+            on_event=_print_event if events else None,
+            on_notice=_print_notice,
+        )
     workers = {"fork": "child processes ended and reaped", "thread": "threads joined"}
     left = workers.get(chosen.value, "client sockets closed")
     print(
@@ -206,29 +207,66 @@ def _save_plot(costs: Sequence[ModelCost], path: Path, clients: int, messages: i
 
 def load_cmd(
     to: Annotated[
-        str | None, typer.Option("--to", help="HOST:PORT of a running echo server.")
+        str | None,
+        typer.Option(
+            "--to", "-t", metavar="HOST:PORT", help="The echo server to load (any echo server)."
+        ),
     ] = None,
-    clients: Annotated[int, typer.Option("--clients", "-c", help="Concurrent clients.")] = (
-        DEFAULT_CLIENTS
-    ),
+    clients: Annotated[
+        int, typer.Option("--clients", "-c", metavar="N", help="How many clients at once.")
+    ] = DEFAULT_CLIENTS,
     messages: Annotated[
-        int, typer.Option("--messages", "-n", help="Messages per client, each checked.")
-    ] = DEFAULT_MESSAGES,
-    size: Annotated[int, typer.Option("--size", help="Bytes per message.")] = DEFAULT_SIZE,
+        int,
+        typer.Option(
+            "--messages",
+            "-n",
+            metavar="N",
+            help="How many messages each client sends, one at a time, each reply checked.",
+        ),
+    ] = DEFAULT_MESSAGES_PER_CLIENT,
+    size: Annotated[
+        int,
+        typer.Option(
+            "--size",
+            metavar="BYTES",
+            help="Bytes per message on the wire, everything included (the client and "
+            "message numbers it carries, its line end).",
+        ),
+    ] = DEFAULT_LINE_SIZE,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds before unfinished clients fail.")
-    ] = DEFAULT_TIMEOUT,
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            help="Give up on the clients that have not finished SECONDS after the load "
+            "began (for the whole load, not one wait: a load always ends).",
+        ),
+    ] = DEFAULT_LOAD_TIMEOUT,
     compare: Annotated[
         bool,
-        typer.Option("--compare", help="Start every server model here and compare their cost."),
+        typer.Option(
+            "--compare",
+            metavar="",
+            help="Start every server model here in turn, give each the same load and "
+            "compare their cost.",
+        ),
     ] = False,
     models: Annotated[
-        str, typer.Option("--models", help="Comma-separated models for --compare.")
+        str,
+        typer.Option("--models", metavar="LIST", help="Comma-separated models for --compare."),
     ] = ",".join(MODELS),
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="With --compare: save a bar chart (PNG).")
+        Path | None,
+        typer.Option("--plot", metavar="PNG", help="With --compare: save a bar chart there."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            metavar="",
+            help="Print the results on stdout as JSON, and nothing else there.",
+        ),
+    ] = False,
 ) -> None:
     """N concurrent echo clients, each checking its replies: throughput and failures.
 
@@ -259,7 +297,7 @@ def load_cmd(
         if plot is not None:
             _save_plot(costs, plot, clients, messages)
             if not as_json:
-                out.print(f"plot: {plot}")
+                print(f"plot: {plot}")
         failed = [c.model for c in costs if not c.load.ok]
         if failed:
             raise PeerError(f"clients failed against: {', '.join(failed)}")
@@ -321,8 +359,17 @@ def _run_one(name: str) -> lab_mod.LabResult:
 
 
 def lab_run(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="An experiment, or 'all'.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="An experiment (bufdemo lab list), or 'all'.")
+    ],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            metavar="",
+            help="Print the result on stdout as JSON (a list for 'all'), and nothing else there.",
+        ),
+    ] = False,
 ) -> None:
     """Run an experiment: real sockets, measured, with a verdict and its numbers."""
     names = list(lab_mod.EXPERIMENTS) if name == "all" else [lab_mod.get(name).name]
