@@ -56,6 +56,49 @@ class Model:
     def wake(self) -> int:
         return self.wake_msgs if self.wake_msgs is not None else self.sndbuf_msgs * 2 // 3
 
+    # What the model must do, worked out from its parameters alone: the tests compare these
+    # with the simulation (test_analysis) and with what analysis finds in the files. They
+    # need a sender that refills the queue before the receiver frees the next place.
+
+    @property
+    def first_blocking_seq(self) -> int:
+        """The first message whose send blocks.
+
+        The receiver takes message 0 at once and its buffer (``rcvbuf_msgs``) fills, then
+        the send queue (``sndbuf_msgs``); meanwhile each message the receiver reads frees
+        one more place. Reading message k >= 1 happens at ``send_gap + overshoot +
+        read_cost + k * recv_delay``: each one waits for the previous target end.
+        """
+        if (self.sndbuf_msgs - self.wake) * self.send_gap + self.wake_latency >= self.recv_delay:
+            raise ValueError("the closed forms need a sender much faster than the receiver")
+        first_read = self.send_gap + self.overshoot + self.read_cost
+        seq = self.rcvbuf_msgs + 1 + self.sndbuf_msgs
+        while True:
+            t = (seq + 1) * self.send_gap  # when message seq is attempted
+            freed = max(0, int((t - first_read) // self.recv_delay))
+            if seq - (self.rcvbuf_msgs + 1 + freed) >= self.sndbuf_msgs:
+                return seq
+            seq += 1
+
+    @property
+    def expected_stalls(self) -> int:
+        """Blocking sends: one at :attr:`first_blocking_seq`, then one every
+        ``sndbuf_msgs - wake`` messages (each wake-up frees that many places, refilled
+        before the receiver frees the next), up to the last message."""
+        step = self.sndbuf_msgs - self.wake
+        return max(0, -(-(self.messages - self.first_blocking_seq) // step))
+
+    def expected_phases(self, sides: tuple[str, ...] = ("sender", "receiver")) -> list[str]:
+        """The phases analysis must find: none without the sender's tables; fill; a
+        stall/resume phase if any send blocked; a drain if the receiver was recorded."""
+        if "sender" not in sides:
+            return []
+        return [
+            "fill",
+            *(["stall/resume"] if self.expected_stalls else []),
+            *(["drain"] if "receiver" in sides else []),
+        ]
+
 
 @dataclass(frozen=True)
 class Truth:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from bufdemo import analysis, probes
 from bufdemo.experiment.recorder import TableCheckpoint, trim_partial_line, write_table
-
 from tests.procs import (
     LONG_RUN,
     Bufdemo,
@@ -36,6 +36,12 @@ from tests.procs import (
 )
 
 STOP_WITHIN = 2.0  # the bound for a side to stop after the fault
+SIDES = ("sender", "receiver")
+# How each side names its peer going away first (the peer's close() or reset).
+PEER_CLOSED = {
+    "sender": r"^the receiver closed the connection \((ECONNRESET|EPIPE)\)",
+    "receiver": r"^truncated stream: the sender closed the connection after",
+}
 
 
 Start = Callable[[list[str]], Bufdemo]
@@ -226,11 +232,17 @@ def test_bufdemo_run_sigkilled_leaves_no_orphan_and_the_sides_still_write_their_
     os.kill(run.pid, signal.SIGKILL)
     assert gone_within([receiver, sender], STOP_WITHIN) == [], "a child outlived its parent"
     assert run.finish()[0] == -signal.SIGKILL
-    for role in ("sender", "receiver"):
-        record = json.loads((run_dir / f"{role}.json").read_text())
-        assert "interrupted after" in record["error"]
-    assert csv_rows(run_dir / "sends.csv") > 0
-    assert csv_rows(run_dir / "consumed.csv") > 0
+    records = {role: json.loads((run_dir / f"{role}.json").read_text()) for role in SIDES}
+    errors = {role: records[role]["error"] for role in SIDES}
+    # Each child notices that its parent is gone and stops as if interrupted; on a loaded
+    # machine one of them may notice first, and the other then sees its peer close.
+    noticed = [role for role in SIDES if "interrupted after" in errors[role]]
+    assert noticed, errors
+    for role in set(SIDES) - set(noticed):
+        assert re.search(PEER_CLOSED[role], errors[role]), errors
+    # Each side's tables hold exactly what its own record says it did.
+    assert csv_rows(run_dir / "sends.csv") == records["sender"]["messages"] > 0
+    assert csv_rows(run_dir / "consumed.csv") == records["receiver"]["messages"] > 0
     assert not (run_dir / "meta.json").exists()  # nobody claims the run is complete
 
 
@@ -309,7 +321,7 @@ def test_receive_with_timeout_and_no_sender_leaves_no_run_dir(
     receiver.listening_port()
     code, _, stderr = receiver.finish()
     assert code == 1
-    assert one_line(stderr) == "PeerError: no sender connected within 0.5 s"
+    assert one_line(stderr) == "PeerTimeout: no sender connected within 0.5 s"
     assert not (tmp_path / "out").exists()
 
 
@@ -331,7 +343,7 @@ def test_send_timeout_against_a_receiver_that_never_reads_says_the_receiver_was_
     assert code == 1
     line = one_line(stderr)
     assert re.fullmatch(
-        r"PeerError: receiver stuck: no buffer space for 1\.0 s at message \d+ \(\d+ of 100000 "
+        r"PeerTimeout: receiver stuck: no buffer space for 1\.0 s at message \d+ \(\d+ of 100000 "
         r"sent\); the receiver is not reading \(partial run kept in out/.*\)",
         line,
     ), line
@@ -363,11 +375,11 @@ def test_run_timeout_ends_the_run_and_says_which_side_was_stuck(
     else:
         assert "receiver: sender stuck: no data for 1.0 s after" in line
         assert "sender: stopped by bufdemo run after the receiver failed" in line
-    meta = meta_of(only_run_dir(out))
-    # The stopped side was resumed and wrote its record and its tables.
-    assert meta["sender"] is not None
-    assert meta["receiver"] is not None
-    assert csv_rows(only_run_dir(out) / "sends.csv") == meta["sender"]["messages"]
+    run_dir = only_run_dir(out)
+    meta = meta_of(run_dir)
+    # The stopped side was resumed and wrote its record and its tables, as did the other.
+    assert csv_rows(run_dir / "sends.csv") == meta["sender"]["messages"] > 0
+    assert csv_rows(run_dir / "consumed.csv") == meta["receiver"]["messages"] > 0
 
 
 def test_wait_until_reports_what_it_waited_for() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -9,10 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
+BUILDER = ROOT / "notebooks" / "build_walkthrough.py"
 
 
 def read(path: Path) -> nbformat.NotebookNode:
@@ -31,6 +31,21 @@ def outputs(nb: nbformat.NotebookNode, kind: str) -> list[object]:
     return found
 
 
+def test_committed_notebook_is_what_the_builder_writes() -> None:
+    """notebooks/build_walkthrough.py holds the cells: the committed notebook was rebuilt
+    from the current ones (run it after changing a cell or an import it uses)."""
+    spec = importlib.util.spec_from_file_location("build_walkthrough", BUILDER)
+    assert spec is not None
+    assert spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    committed = [(cell.cell_type, cell.source) for cell in read(NOTEBOOK).cells]
+    kinds = {"md": "markdown", "code": "code"}
+    assert committed == [(kinds[kind], source) for kind, source in builder.CELLS], (
+        f"stale: rebuild with .venv/bin/python {BUILDER.relative_to(ROOT)}"
+    )
+
+
 def test_committed_notebook_has_its_outputs() -> None:
     """Readable on a code-hosting page without running it: plots and numbers are there."""
     nb = read(NOTEBOOK)
@@ -39,7 +54,9 @@ def test_committed_notebook_has_its_outputs() -> None:
     assert len(outputs(nb, "text/markdown")) >= 8
 
 
-def test_notebook_executes_top_to_bottom(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_notebook_executes_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary run directories
     nb = read(NOTEBOOK)
     for cell in nb.cells:  # run from clean: nothing carried over from the committed run
         if cell.cell_type == "code":

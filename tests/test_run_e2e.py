@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -16,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from bufdemo import analysis
-from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.run import Progress, run_experiment
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +129,7 @@ def test_report_and_plot_rebuild_from_the_run_directory(small_run: Path) -> None
     assert json.loads(report.stdout) == json.loads((small_run / "summary.json").read_text())
     (small_run / "timeline.png").unlink()
     subprocess.run([*BUFDEMO, "plot", str(small_run)], capture_output=True, timeout=120, check=True)
-    assert (small_run / "timeline.png").stat().st_size > 0
+    assert (small_run / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_doubling_is_reported_and_explained(tmp_path: Path) -> None:
@@ -159,12 +160,12 @@ def test_an_existing_run_directory_is_never_reused(tmp_path: Path) -> None:
 
 def test_peak_send_queue_agrees_with_an_outside_observer(tmp_path: Path) -> None:
     """ss reads Send-Q from the kernel in another process; our logs must agree (10%)."""
-    assert shutil.which("ss"), "this test needs ss: apt-get install iproute2"
+    ss = require_tool("ss", "iproute2")
     seen: dict[tuple[str, str], int] = defaultdict(int)
 
     def observe(_: Progress) -> None:
         out = subprocess.run(
-            ["ss", "-Htn", "state", "established", "dst", "127.0.0.1"],
+            [ss, "-Htn", "state", "established", "dst", "127.0.0.1"],
             capture_output=True,
             text=True,
             check=True,
@@ -189,7 +190,7 @@ def test_peak_send_queue_agrees_with_an_outside_observer(tmp_path: Path) -> None
 
 def test_select_mode_waits_for_the_writable_event(tmp_path: Path) -> None:
     cfg = RunConfig(
-        messages=1500, sndbuf=16384, rcvbuf=16384, recv_delay=0.0002, mode="select",
+        messages=1500, sndbuf=16384, rcvbuf=16384, recv_delay=0.0002, mode=Mode.SELECT,
         out=tmp_path, plot=False,
     )  # fmt: skip
     result = run_experiment(cfg)

@@ -1,8 +1,8 @@
 """The five echo server models, as real processes, against real clients.
 
-Each server runs as ``python -m demo serve`` (``bufdemo serve``) in a process of its own (the
-fork model must own its process; and psutil then sees exactly the server). Clients are
-real sockets in this process: the concurrent ones come from bufdemo.lecture.loadgen's event loop.
+Each server runs as ``python -m bufdemo serve`` in a process of its own (the fork model
+must own its process; and psutil then sees exactly the server). Clients are real sockets
+in this process: the concurrent ones come from bufdemo.lecture.loadgen's event loop.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-from bufdemo.lecture.loadgen import LoadConfig, ServerProcess, raise_nofile_limit, run_load
+
+from bufdemo.lecture.loadgen import LoadConfig, ServerProcess, run_load
 from bufdemo.lecture.servers import FD_SETSIZE, MODELS, REFUSAL, EchoSession, _SelectPoller
+from tests.conftest import require_nofile
 
 EVENT_LOOPS = ("select", "poll", "epoll")
 TIMEOUT = 10.0  # seconds any single wait may take on a loaded 2-core host
@@ -144,7 +146,7 @@ def test_model_echoes_correctly_for_50_concurrent_clients(
 
 @pytest.mark.slow
 def test_epoll_holds_1000_concurrent_clients(server: Callable[..., ServerProcess]) -> None:
-    raise_nofile_limit(1200)
+    require_nofile(1200)
     srv = server("epoll")
     result = run_load(LoadConfig(srv.host, srv.port, clients=1000, messages=3))
     assert result.failures == 0, result.reasons
@@ -157,7 +159,7 @@ def test_epoll_holds_1000_concurrent_clients(server: Callable[..., ServerProcess
 def test_select_refuses_past_fd_setsize_with_a_message_and_keeps_serving(
     server: Callable[..., ServerProcess],
 ) -> None:
-    raise_nofile_limit(FD_SETSIZE + 200)
+    require_nofile(FD_SETSIZE + 200)
     srv = server("select")
     held: list[socket.socket] = []
     refused: list[bytes] = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.run import run_experiment
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from bufdemo.errors import ProtocolError
 from bufdemo.experiment.wire import (
     HEADER_SIZE,
@@ -19,8 +22,6 @@ from bufdemo.experiment.wire import (
     encode_frame,
     encode_hello,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def decode_all(decoder: Decoder, chunks: list[bytes]) -> list[Message]:
@@ -55,17 +56,52 @@ def test_decoder_yields_the_same_messages_whatever_the_chunking(
     assert decode_all(Decoder(300), byte_by_byte) == expected
 
 
-@given(st.binary(max_size=2000))
+def valid_start(head: bytes, max_length: int) -> bool:
+    """Could ``head`` (at most a header's worth of bytes) begin a frame the decoder takes?"""
+    if head[:4] != MAGIC[: len(head[:4])]:
+        return False
+    if len(head) < HEADER_SIZE:
+        return True
+    length = int.from_bytes(head[16:20], "big")
+    return head[4] in (KIND_DATA, KIND_HELLO) and head[5:8] == bytes(3) and length <= max_length
+
+
+# Garbage, whole frames and frames cut short, in any order: decoding must get past the
+# magic often, not only fail on it.
+whole_frames = st.builds(
+    encode_frame,
+    st.sampled_from([KIND_DATA, KIND_HELLO]),
+    st.integers(0, 2**64 - 1),
+    st.binary(max_size=40),
+)
+pieces = st.one_of(
+    st.binary(max_size=60),
+    whole_frames,
+    st.builds(lambda frame, n: frame[:n], whole_frames, st.integers(0, 70)),
+)
+
+
+@given(st.lists(pieces, max_size=8).map(b"".join))
 def test_any_bytes_decode_or_raise_protocol_error_and_nothing_else(data: bytes) -> None:
-    decoder = Decoder(max_length=1024)
+    """Every message is exactly the next frame of the stream; what is left over is the
+    beginning of a valid frame, or the decoder raised ProtocolError at an invalid one."""
+    max_length = 64
+    decoder = Decoder(max_length=max_length)
+    consumed = 0
     try:
         for i in range(0, len(data), 7):
             decoder.receive_data(data[i : i + 7])
             while (msg := decoder.next_message()) is not None:
-                assert len(msg.payload) <= 1024
+                frame = data[consumed : consumed + HEADER_SIZE + len(msg.payload)]
+                assert len(msg.payload) <= max_length
+                assert frame[HEADER_SIZE:] == msg.payload
+                assert msg.intact == (encode_frame(msg.kind, msg.seq, msg.payload) == frame)
+                consumed += len(frame)
     except ProtocolError:
-        pass
-    assert decoder.buffered <= len(data)
+        assert not valid_start(data[consumed : consumed + HEADER_SIZE], max_length)
+        return
+    assert consumed + decoder.buffered == len(data)
+    assert valid_start(data[consumed : consumed + HEADER_SIZE], max_length)
 
 
 @given(st.binary(min_size=1, max_size=4))
@@ -165,7 +201,11 @@ def test_every_single_bit_flip_in_the_header_is_caught(seq: int, bit: int) -> No
         msg = decoder.next_message()
     except ProtocolError:
         return  # an impossible kind or length: rejected outright
-    if msg is not None:  # None: the length grew, the frame waits for bytes never sent
+    if msg is None:  # only a longer length makes the frame wait, for bytes never sent
+        length = int.from_bytes(frame[16:20], "big")
+        assert length > 10
+        assert decoder.bytes_needed() == length - 10
+    else:
         assert not msg.intact
 
 
