@@ -29,6 +29,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.stalls import (
     DRAIN,
@@ -40,10 +45,6 @@ from bufdemo.analysis.stalls import (
     sender_seconds,
     stalls,
 )
-from matplotlib.artist import Artist
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 __all__ = [
     "PHASE_COLORS",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.stalls import phases, receiver_seconds, sender_seconds, service_times, stalls
 
@@ -45,7 +46,7 @@ SUMMARY_KEYS = (
     "notes",
 )
 
-# Loopback's MTU is 65536, so its MSS is ~64 KiB (KERNEL.md). A receive buffer below it
+# Loopback's MSS is ~64 KiB (docs/kernel.md, "The receive window"). A receive buffer below it
 # can never free one MSS of window: the sender then waits for zero-window probes.
 LOOPBACK_MSS = 65536
 # Achieved service time further than this from --recv-delay means the machine is busy.

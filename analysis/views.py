@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.stalls import stalls
 from bufdemo.analysis.summary import summarize
-from matplotlib.artist import Artist
-from matplotlib.axes import Axes
 
 __all__ = [
     "bytes_in_place",

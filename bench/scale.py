@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from bufdemo.experiment.recorder import SendLog
 
 POLL = 0.02

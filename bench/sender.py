@@ -21,12 +21,11 @@ import socket
 import time
 from array import array
 
+from bench.common import drain_receiver, median, spread
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import BlockingLog, Sampler, SendLog
 from bufdemo.experiment.sender import frames_per_block, send_loop
 from bufdemo.experiment.wire import FrameBlock
-
-from bench.common import drain_receiver, median, spread
 
 
 def bare(addr: tuple[str, int], n: int, size: int) -> float:
