@@ -155,6 +155,9 @@ TRANSPORT_SAMPLES = TableFormat(
         "buffered": _I64,  # bytes: transport.get_write_buffer_size()
         "outq": _F64,  # bytes: SIOCOUTQ of the transport's socket
         "rss": _F64,  # bytes: the sender process's resident set size (psutil)
+        # bytes: what the recording itself holds in memory at that moment (the sample
+        # tables' columns), part of rss: rss - recorder is the program's own growth
+        "recorder": _I64,
     },
 )
 

@@ -70,7 +70,13 @@ from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
 from bufdemo.runformat import AsyncioRecord
 
-__all__ = ["TransportSampler", "TransportState", "rss_reader", "run_asyncio_sender"]
+__all__ = [
+    "TransportSampler",
+    "TransportState",
+    "held_bytes",
+    "rss_reader",
+    "run_asyncio_sender",
+]
 
 # asyncio's own defaults (selector transports): the numbers a user gets without
 # set_write_buffer_limits, recorded as in effect from get_write_buffer_limits().
@@ -92,6 +98,11 @@ def rss_reader() -> tuple[Callable[[], int | None], str | None]:
             return None
 
     return read, None
+
+
+def held_bytes(column: array[int]) -> int:
+    """The memory an array column holds: its items (arrays over-allocate ~1/16 more)."""
+    return column.buffer_info()[1] * column.itemsize
 
 
 @dataclass
@@ -119,8 +130,10 @@ class TransportSampler(threading.Thread):
         state: TransportState,
         count: Callable[[], int],
         rss: Callable[[], int | None],
+        recorder: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(name="bufdemo-transport-sampler", daemon=True)
+        self._recorder = recorder
         self._sock = sock
         self._interval = interval
         self._state = state
@@ -144,6 +157,7 @@ class TransportSampler(threading.Thread):
             c["buffered"].append(buffered)
             c["outq"].append(MISSING if outq is None else outq)
             c["rss"].append(MISSING if rss is None else rss)
+            c["recorder"].append(self._recorder() + self.held())
 
     def run(self) -> None:
         with contextlib.suppress(OSError):
@@ -160,6 +174,10 @@ class TransportSampler(threading.Thread):
     @property
     def rows(self) -> int:
         return min(len(col) for col in self.columns.values())
+
+    def held(self) -> int:
+        """Bytes this sampler's own columns hold (allocated, not just used)."""
+        return sum(held_bytes(col) for col in self.columns.values())
 
     def peak(self, name: str) -> int | None:
         values = [v for v in self.columns[name] if v != MISSING]
@@ -369,7 +387,14 @@ def run_asyncio_sender(
         progress=progress,
         counters={PROGRESS_BLOCKING: lambda: len(blocking)},
     )
-    tsampler = TransportSampler(sock, cfg.sample_interval, state, lambda: sent[0], rss)
+    tsampler = TransportSampler(
+        sock,
+        cfg.sample_interval,
+        state,
+        lambda: sent[0],
+        rss,
+        recorder=lambda: sum(held_bytes(col) for col in list(sampler.columns.values())),
+    )
     try:
         result.t_connected_ns = time.perf_counter_ns()
         local = sock.getsockname()
