@@ -43,6 +43,7 @@ SUMMARY_KEYS = (
     "resume_queue_ratio_median",
     "service_seconds_mean",
     "phases",
+    "asyncio",
     "notes",
 )
 
