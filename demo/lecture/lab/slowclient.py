@@ -5,9 +5,9 @@ forwards each to every subscriber: FAST_CLIENTS that read at once, and one slow 
 that stops reading for SLOW_PAUSE seconds (then reads again, so that every design can
 finish). Before the schedule starts, PREROLL unmeasured messages fill the kernel's
 buffers on the way to the slow client, so that from the first scheduled message on every
-design meets a slow client that is full. Each message carries its *scheduled* send time, so a subscriber's latency is
-measured from when the message should have left, also while the publisher itself was
-held up (no coordinated omission).
+design meets a slow client that is full. Each message carries its *scheduled* send
+time, so a subscriber's latency is measured from when the message should have left, also
+while the publisher itself was held up (no coordinated omission).
 
 The three designs (all one thread, one select() loop, as in the lecture):
 
