@@ -621,6 +621,8 @@ def timeline_figure(run: Run, figsize: tuple[float, float] = (14.0, 10.0)) -> Fi
             ": send() blocks when the send buffer is full and returns once the queue has "
             f"drained to {float(np.median(ratio)):.0%} of its depth (median; kernel rule ~2/3)"
         )
+        if str(run.config.get("mode", "")).startswith("asyncio"):  # a stall is a drain()
+            story = story.replace("send() blocks", "drain() waits (transport above high-water)")
     fig.suptitle(f"{run_title(run)}\n{story}", fontsize=11)
     return fig
 

@@ -131,9 +131,15 @@ def user_buffer_notes(numbers: dict[str, Any] | None) -> list[str]:
     ]
     peak, high = numbers["buffered_peak_bytes"], numbers["high_water"]
     if peak is not None and high is not None:
+        if peak <= high:
+            relation = "at or below it"
+        elif peak < 2 * high:
+            relation = f"{peak - high:,} B above it"
+        else:
+            relation = f"{peak / high:,.0f} times it"
         notes.append(
             f"the transport's buffer in user space peaked at {peak:,} B (high-water mark "
-            f"{high:,} B{'' if peak <= high else f', {peak / high:,.1f} x'})"
+            f"{high:,} B: {relation})"
         )
     expected = numbers.get("expected_peak_bytes")
     if peak and expected:
