@@ -18,10 +18,11 @@ import pytest
 
 import bufdemo
 from bufdemo import analysis, runformat
-from bufdemo.analysis.userbuffer import transport_samples, user_buffer
+from bufdemo.analysis.userbuffer import transport_samples, user_buffer, user_buffer_notes
 from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import Mode, RunConfig, parse_write_buffer_limits
 from tests.procs import Bufdemo, csv_rows, gone_within, one_line, run_sides, wait_for_checkpoint
+from tests.synthetic import write_run
 
 SIZE = 1024
 
@@ -180,3 +181,48 @@ def test_ctrl_c_in_the_asyncio_modes_exits_130_keeps_the_tables_leaves_no_orphan
     assert meta["sender"]["asyncio"]["high_water"] > 0
     assert json.loads(stdout)["asyncio"]["mode"] == mode
     assert gone_within(run.descendants(), 10) == []
+
+
+# -- the analysis, on synthetic run directories (no sockets) ------------------------------
+
+
+def test_user_buffer_is_none_outside_the_asyncio_modes(tmp_path: Path) -> None:
+    write_run(tmp_path / "run")
+    run = analysis.load_run(tmp_path / "run")
+    assert user_buffer(run) is None
+    assert user_buffer_notes(None) == []
+    assert analysis.summarize(run)["asyncio"] is None
+
+
+def test_user_buffer_accounts_for_every_byte_at_the_peak(tmp_path: Path) -> None:
+    """The expected peak is written minus the kernel's queues minus what was consumed."""
+    write_run(tmp_path / "run")
+    meta_path = tmp_path / "run" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["mode"] = "asyncio-nodrain"
+    meta_path.write_text(json.dumps(meta))
+    run = analysis.load_run(tmp_path / "run")
+    size = int(run.config["size"])
+    rs = run.receiver_samples
+    t_peak = int(rs["t_ns"].iloc[len(rs) // 2])  # at a receiver sample: its values exactly
+    inq, consumed = int(rs["inq"].iloc[len(rs) // 2]), int(rs["count"].iloc[len(rs) // 2])
+    count, outq, rss0 = consumed + 1000, 40_000, 50_000_000
+    expected = count * size - outq - inq - consumed * size
+    header = ",".join(runformat.TRANSPORT_SAMPLES.columns)
+    rows = [
+        f"{t_peak - 1_000_000},100,1000,{outq},{rss0},0",
+        f"{t_peak},{count},{expected},{outq},{rss0 + 9_000_000},4000",
+        f"{t_peak + 1_000_000},{count},0,0,{rss0 + 5_000_000},8000",
+    ]
+    (tmp_path / "run" / runformat.TRANSPORT_SAMPLES.file).write_text(
+        "\n".join([header, *rows]) + "\n"
+    )
+    numbers = user_buffer(run)
+    assert numbers is not None
+    assert numbers["expected_peak_bytes"] == expected == numbers["sampled_peak_bytes"]
+    assert numbers["kernel_at_peak_bytes"] == outq + inq
+    assert numbers["rss_growth_bytes"] == 9_000_000
+    assert numbers["recorder_growth_bytes"] == 4000
+    assert numbers["rss_growth_net_bytes"] == 9_000_000 - 4000
+    notes = user_buffer_notes(numbers)
+    assert any("100.0% of the bytes written" in n for n in notes)
