@@ -608,7 +608,10 @@ def timeline_figure(run: Run, figsize: tuple[float, float] = (14.0, 10.0)) -> Fi
     stall_table = stalls(run)
     fig = Figure(figsize=figsize, layout="constrained")
     xlim = _x_extent(run, run_phases)
-    _panels(fig, run, xlim, run_phases, stall_table, zoom=False)
+    axes = _panels(fig, run, xlim, run_phases, stall_table, zoom=False)
+    from bufdemo.analysis.userbuffer import add_to_timeline  # it imports this module
+
+    add_to_timeline(axes[1], run)  # asyncio modes: the buffer above the kernel's, and RSS
     n = len(stall_table)
     story = f"{n:,} stall{'s' if n != 1 else ''} (shaded)"
     ratio = stall_table["wake_ratio"].to_numpy()
@@ -618,6 +621,8 @@ def timeline_figure(run: Run, figsize: tuple[float, float] = (14.0, 10.0)) -> Fi
             ": send() blocks when the send buffer is full and returns once the queue has "
             f"drained to {float(np.median(ratio)):.0%} of its depth (median; kernel rule ~2/3)"
         )
+        if str(run.config.get("mode", "")).startswith("asyncio"):  # a stall is a drain()
+            story = story.replace("send() blocks", "drain() waits (transport above high-water)")
     fig.suptitle(f"{run_title(run)}\n{story}", fontsize=11)
     return fig
 

@@ -43,6 +43,7 @@ SUMMARY_KEYS = (
     "resume_queue_ratio_median",
     "service_seconds_mean",
     "phases",
+    "asyncio",
     "notes",
 )
 
@@ -304,7 +305,10 @@ def summarize(run: Run) -> dict[str, Any]:
     if not run.has_sender:
         for key in ("blocking_sends", "stall_seconds", "stall_count"):
             out[key] = None  # unknown, not zero: nobody recorded the sender
-    out["notes"] = _notes(run, out, s)
+    from bufdemo.analysis.userbuffer import user_buffer, user_buffer_notes
+
+    out["asyncio"] = user_buffer(run)  # None outside the asyncio modes
+    out["notes"] = _notes(run, out, s) + user_buffer_notes(out["asyncio"])
     if from_progress:
         out["notes"].insert(
             0,
@@ -368,6 +372,15 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
             "phases        "
             + ", ".join(f"{n} {p['start']:.4g}-{p['end']:.4g} s" for n, p in s["phases"].items())
         )
+    a = s.get("asyncio")
+    if a is not None:  # the transport's buffer above the kernel's (asyncio modes)
+        lines.append(
+            f"transport     peak {_count(a['buffered_peak_bytes'])} B buffered in user space "
+            f"(high-water {_count(a['high_water'])} B), {_count(a['drain_waits'])} drain() "
+            "waits (the blocking sends of this mode)"
+        )
+        if a["rss_growth_bytes"] is not None:
+            lines.append(f"sender RSS    grew {_kib(a['rss_growth_bytes'])}")
     done = "yes" if s["complete"] else ("no" if s["complete"] is False else "unknown")
     lines.append(
         f"done          sender {_seconds(s['sender_seconds'])}, receiver "

@@ -22,19 +22,22 @@ Nothing here touches a socket: ``bufdemo.analysis`` imports it without the exper
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 __all__ = [
     "BLOCKING_SENDS",
     "CONSUMED",
     "FORMAT_VERSION",
     "META_FILE",
+    "OPTIONAL_TABLE_FORMATS",
     "RECEIVER_SAMPLES",
     "SENDER_SAMPLES",
     "SENDS",
     "SIDE_RECORD_FILES",
     "TABLES",
     "TABLE_FORMATS",
+    "TRANSPORT_SAMPLES",
+    "AsyncioRecord",
     "ConfigRecord",
     "LastProgress",
     "Meta",
@@ -141,6 +144,26 @@ CONSUMED = TableFormat(
 
 RECEIVER_SAMPLES = TableFormat("receiver_samples", _SAMPLE_DTYPES)
 
+# Written by the sender in the asyncio modes only (an optional table: absent otherwise).
+# The layer above the kernel: what the asyncio transport holds in user space, beside the
+# kernel's send queue and the process's resident memory, on the same clock.
+TRANSPORT_SAMPLES = TableFormat(
+    "transport_samples",
+    {
+        "t_ns": _I64,
+        "count": _I64,  # messages handed to StreamWriter.write() so far
+        "buffered": _I64,  # bytes: transport.get_write_buffer_size()
+        "outq": _F64,  # bytes: SIOCOUTQ of the transport's socket
+        "rss": _F64,  # bytes: the sender process's resident set size (psutil)
+        # bytes: what the recording itself holds in memory at that moment (the sample
+        # tables' columns), part of rss: rss - recorder is the program's own growth
+        "recorder": _I64,
+    },
+)
+
+#: Tables a run directory may hold besides TABLE_FORMATS (absent: not that kind of run).
+OPTIONAL_TABLE_FORMATS: tuple[TableFormat, ...] = (TRANSPORT_SAMPLES,)
+
 #: Every table of format 1, sender's first.
 TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDS,
@@ -175,6 +198,8 @@ class ConfigRecord(TypedDict):
     timeout: float | None
     out: str
     plot: bool
+    # [high, low] or [high, null] for the asyncio modes; null: asyncio's defaults
+    write_buffer_limits: NotRequired[list[int | None] | None]
 
 
 class _SideRecord(TypedDict):
@@ -189,10 +214,23 @@ class _SideRecord(TypedDict):
     error: str | None
 
 
+class AsyncioRecord(TypedDict):
+    """``meta["sender"]["asyncio"]``: the transport's settings and what it held."""
+
+    high_water: int  # bytes: transport.get_write_buffer_limits(), as in effect
+    low_water: int
+    buffered_peak: int  # bytes: the largest get_write_buffer_size() seen
+    rss_start: int | None  # bytes: the sender's RSS when it connected (None: no psutil)
+    rss_peak: int | None  # bytes: the largest RSS sampled
+    drain_waits: int  # drain() calls that had to wait (the blocking sends of this mode)
+    rss_missing: str | None  # why rss is not recorded; None when it is
+
+
 class SenderRecord(_SideRecord):
     """``meta["sender"]``: the sender's own record (``SenderResult.as_dict()``)."""
 
     blocking_sends: int
+    asyncio: NotRequired[AsyncioRecord | None]  # None in the other modes
 
 
 class ReceiverRecord(_SideRecord):

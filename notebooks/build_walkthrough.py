@@ -268,6 +268,100 @@ say(
 ]
 
 
+# Issue 13: the buffer above the kernel (asyncio) and a server with one slow client;
+# placed before "Where to go next".
+BUFFER_ABOVE_KERNEL_CELLS: list[tuple[str, str]] = [
+    (
+        "md",
+        """## 8. The buffer above the kernel: asyncio
+
+Most Python code never calls `send()`: it calls `StreamWriter.write()`, which never
+blocks. What the kernel does not take waits in the transport's buffer, in user space.
+`await drain()` waits only while that buffer is above its high-water mark (64 KiB by
+default), until asyncio has sent it down to the low-water mark; in mode `asyncio` a
+blocking send *is* such a drain() wait. Three runs of the same workload: a blocking
+`send()`, `write()` + `drain()`, and `write()` alone.""",
+    ),
+    (
+        "code",
+        """from bufdemo.analysis.userbuffer import plot_rss, plot_user_buffer, transport_samples
+
+modes = {m: run(messages=20_000, recv_delay=0.0002, mode=m)
+         for m in ("blocking", "asyncio", "asyncio-nodrain")}
+analysis.compare(modes)""",
+    ),
+    (
+        "code",
+        """fig, axes = plt.subplots(2, 2, figsize=(12, 6), sharex="col")
+for col, m in enumerate(("asyncio", "asyncio-nodrain")):
+    ts = transport_samples(modes[m])
+    plot_user_buffer(axes[0, col], ts)
+    axes[0, col].set_title(f"mode {m}")
+    axes[0, col].set_ylabel("MiB")
+    axes[0, col].legend(loc="upper right", fontsize=8)
+    plot_rss(axes[1, col], ts)
+    axes[1, col].set_ylabel("sender RSS (MiB)")
+    axes[1, col].set_xlabel("time since connection (s)")
+    axes[1, col].legend(loc="lower right", fontsize=8)
+plt.show()
+a, n = (analysis.summarize(modes[m])["asyncio"] for m in ("asyncio", "asyncio-nodrain"))
+MB = 1e6
+say(
+    f"Without `drain()` the transport's buffer peaked at **{n['buffered_peak_bytes'] / MB:.1f}"
+    f" MB**: the bytes written by then ({n['written_at_peak_bytes'] / MB:.1f} MB) minus "
+    f"what the kernel held and the receiver had consumed "
+    f"({n['expected_peak_bytes'] / MB:.1f} MB). The sender's RSS grew by "
+    f"**{n['rss_growth_bytes'] / MB:.1f} MB**, with no blocking send at all: the "
+    f"backpressure went into memory. With `drain()` the buffer never held more than "
+    f"**{a['buffered_peak_bytes']:,} B** (high-water mark {a['high_water']:,} B plus one "
+    f"message), the writer waited in drain() **{a['drain_waits']}** times, and RSS grew "
+    f"by {a['rss_growth_bytes'] / MB:.1f} MB, {a['recorder_growth_bytes'] / MB:.1f} MB of "
+    f"it the recording's own sample tables."
+)""",
+    ),
+    (
+        "md",
+        """## 9. One slow client
+
+The same trap one level down, in a server: a broadcast server sends every message to
+every client, and one client stops reading for a second. Three designs: (a) the
+lecture's select() loop with blocking sends, (b) non-blocking sends from per-client
+output queues on select()'s writable event, (c) as (b) with a per-client output limit
+that disconnects a client past it (Redis's client-output-buffer-limit).""",
+    ),
+    (
+        "code",
+        """import time
+from dataclasses import replace
+
+from bufdemo.lecture.lab import slowclient
+
+started = time.monotonic()
+designs = {d: slowclient.run_design(d) for d in slowclient.DESIGNS}
+slow = replace(slowclient.verdict(designs), seconds=time.monotonic() - started)
+verdict(slow)
+fig, (ax_l, ax_m) = plt.subplots(1, 2, figsize=(12, 4))
+slowclient.plot_latency(ax_l, list(designs.values()))
+slowclient.plot_server_memory(ax_m, list(designs.values()))
+ax_l.legend(fontsize=8)
+ax_m.legend(fontsize=8)
+plt.show()
+ev = slow.evidence
+say(
+    f"Under (a) the other clients waited up to **{ev['a-blocking']['latency_max_ms']:,.0f} "
+    f"ms** for a pause of {ev['a-blocking']['slow_client_pause_ms']:,.0f} ms: one blocked "
+    f"`sendall()` stops the whole loop. Under (b) their p99 was "
+    f"**{ev['b-queues']['latency_p99_ms']} ms**, but the server held "
+    f"**{ev['b-queues']['server_queued_peak_bytes'] / 1e6:.1f} MB** for the slow client. "
+    f"Under (c) their p99 was **{ev['c-limit']['latency_p99_ms']} ms**, the server's "
+    f"queues peaked at {ev['c-limit']['server_queued_peak_bytes'] / 1e6:.2f} MB and the "
+    f"slow client was cut off after {ev['c-limit']['slow_client_disconnected_at_s']:.2f} s."
+)""",
+    ),
+]
+CELLS[-1:-1] = BUFFER_ABOVE_KERNEL_CELLS
+
+
 def build() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {

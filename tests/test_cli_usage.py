@@ -27,6 +27,8 @@ from bufdemo.net import Address, parse_address
 BUFDEMO = [sys.executable, "-m", "bufdemo"]
 TO = ["send", "--to", "127.0.0.1:5000"]
 LOAD = ["load", "--to", "127.0.0.1:7"]
+ASYNCIO = ["run", "--mode", "asyncio"]
+WBL = "--write-buffer-limits"
 
 # (argv, the option named, the rule, the value as the message shows it; None: no value)
 USAGE_CASES = [
@@ -66,6 +68,14 @@ USAGE_CASES = [
     (["run", "--timeout", "1e9"], "--timeout", "<= 604800", "got 1000000000.0"),
     (["run", "--no-plot", "--json", "-o", "x", "--size", "23"], "--size", "24-byte", "got 23"),
     (["run", "--no-such-option"], "--no-such-option", "No such option", None),
+    # the asyncio modes' transport limits (issue 13)
+    (["run", WBL, "64k"], WBL, "HIGH or HIGH,LOW", "got '64k'"),
+    (["run", WBL, "1,2,3"], WBL, "HIGH or HIGH,LOW", "got '1,2,3'"),
+    ([*ASYNCIO, WBL, "0"], WBL, "between 1 and", "got 0"),
+    ([*ASYNCIO, WBL, "100,200"], WBL, "LOW must be between 0 and HIGH (100)", "got 200"),
+    (["run", WBL, "65536"], WBL, "asyncio modes only", "got mode 'blocking'"),
+    ([*TO, "--mode", "asyncio-nodrain", WBL, "x,1"], WBL, "HIGH or HIGH,LOW", "got 'x,1'"),
+    (["run", "--mode", "asyncio-drain"], "--mode", "is not one of", "'asyncio-drain'"),
     # send: the same rules, plus the address and the token
     ([*TO, "--size", "8"], "--size", "24-byte frame header", "got 8"),
     ([*TO, "--messages", "0"], "--messages", "between 1 and", "got 0"),

@@ -29,6 +29,7 @@ NAMES = [
     "writable",
     "buffer-sizes",
     "small-window",
+    "slow-client",
 ]
 
 

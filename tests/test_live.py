@@ -110,6 +110,10 @@ def test_a_blocked_sender_says_where_and_for_how_long() -> None:
         Reading(now, 1.0, total=10, sent=2, blocked_since_ns=now - 3 * S)
     )
     assert sender_state(selecting) == "blocked in select() for 3.0 s"
+    draining = Tracker("asyncio").observe(
+        Reading(now, 1.0, total=10, sent=2, blocked_since_ns=now - 2 * S)
+    )
+    assert sender_state(draining) == "blocked in drain() for 2.0 s"  # a drain() that waits
 
 
 @pytest.mark.parametrize(

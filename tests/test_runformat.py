@@ -15,6 +15,7 @@ import bufdemo
 from bufdemo import RunConfig, runformat
 from bufdemo.runformat import (
     TABLE_FORMATS,
+    AsyncioRecord,
     ConfigRecord,
     LastProgress,
     Meta,
@@ -88,7 +89,9 @@ def _doc_names() -> set[str]:
     return names | {part for name in names for part in re.split(r"[./]", name)}
 
 
-@pytest.mark.parametrize("table", TABLE_FORMATS, ids=lambda t: t.stem)
+@pytest.mark.parametrize(
+    "table", TABLE_FORMATS + runformat.OPTIONAL_TABLE_FORMATS, ids=lambda t: t.stem
+)
 def test_the_document_names_every_table_and_column(table: runformat.TableFormat) -> None:
     text = DOC.read_text()
     assert re.search(rf"^## .*\b{re.escape(table.file)}\b", text, re.MULTILINE), table.file
@@ -98,7 +101,7 @@ def test_the_document_names_every_table_and_column(table: runformat.TableFormat)
 
 @pytest.mark.parametrize(
     "record",
-    [Meta, Outcome, ConfigRecord, SenderRecord, ReceiverRecord, LastProgress],
+    [Meta, Outcome, ConfigRecord, SenderRecord, ReceiverRecord, LastProgress, AsyncioRecord],
     ids=lambda r: r.__name__,
 )
 def test_the_document_names_every_meta_json_key(record: Any) -> None:

@@ -34,6 +34,7 @@ from bufdemo.experiment.config import (
     MAX_SIZE,
     Mode,
     RunConfig,
+    parse_write_buffer_limits,
 )
 from bufdemo.experiment.live import Reading, live_display
 from bufdemo.experiment.recorder import (
@@ -100,7 +101,19 @@ ModeOpt = Annotated[
         "--mode",
         help="How the sender waits when the send buffer is full. blocking: a real blocking "
         "send(), the kernel puts it to sleep. select: a non-blocking socket that waits for "
-        "select()'s writable event.",
+        "select()'s writable event. asyncio: StreamWriter.write() then await drain(); a "
+        "blocking send is a drain() that waited. asyncio-nodrain: write() only, the "
+        "messages pile up in the transport's user-space buffer (memory grows).",
+    ),
+]
+WriteLimitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--write-buffer-limits",
+        metavar="HIGH[,LOW]",
+        help="asyncio modes only: transport.set_write_buffer_limits(HIGH, LOW) in bytes; "
+        "drain() waits once the transport holds more than HIGH, until it is down to LOW. "
+        "Unset: asyncio's defaults (64 KiB, 16 KiB); LOW unset: HIGH/4.",
     ),
 ]
 OutOpt = Annotated[
@@ -187,6 +200,7 @@ def run(
     as_json: Annotated[bool, _json_option("only the summary (summary.json)")] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
+    write_buffer_limits: WriteLimitsOpt = None,
 ) -> int:
     """Run the experiment on loopback: a receiver process that spends --recv-delay on each
     message and a sender process that pushes --messages as fast as the kernel accepts
@@ -207,6 +221,7 @@ def run(
         plot=not no_plot,
         sample_interval=sample_interval,
         timeout=timeout,
+        **_write_limits_setting(write_buffer_limits),
     )
     latest: list[Progress | None] = [None]
 
@@ -460,6 +475,7 @@ def send(
     ] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
+    write_buffer_limits: WriteLimitsOpt = None,
 ) -> int:
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables in a run
@@ -480,6 +496,7 @@ def send(
         sample_interval=sample_interval,
         timeout=timeout,
         **_token_setting(token_bytes),
+        **_write_limits_setting(write_buffer_limits),
     )
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
@@ -514,6 +531,11 @@ def send(
     if not as_json:
         _say(f"{counts} -> {made.path}")
     return 0
+
+
+def _write_limits_setting(text: str | None) -> dict[str, Any]:
+    """``--write-buffer-limits`` as RunConfig's setting (absent: asyncio's defaults)."""
+    return {} if text is None else {"write_buffer_limits": parse_write_buffer_limits(text)}
 
 
 def _token_setting(token: bytes | None) -> dict[str, Any]:

@@ -19,12 +19,14 @@ from bufdemo.experiment.wire import HEADER_SIZE, TOKEN_SIZE
 from bufdemo.runformat import ConfigRecord
 
 __all__ = [
+    "ASYNCIO_MODES",
     "DEFAULT_MESSAGES",
     "DEFAULT_RECV_DELAY",
     "DEFAULT_SAMPLE_INTERVAL",
     "DEFAULT_SIZE",
     "Mode",
     "RunConfig",
+    "parse_write_buffer_limits",
 ]
 
 # 100,000 x 1 KiB = ~98 MiB: ~25 times the ~4 MB an autotuned loopback send buffer
@@ -53,9 +55,34 @@ class Mode(StrEnum):
 
     BLOCKING = "blocking"  # a real blocking send(): the kernel's own sleep and wake-up
     SELECT = "select"  # a non-blocking socket and select()'s writable event
+    # asyncio: StreamWriter.write, then ``await drain()`` (bufdemo.experiment.asyncio_sender)
+    ASYNCIO = "asyncio"
+    # asyncio without drain(): every message waits in the transport's user-space buffer
+    ASYNCIO_NODRAIN = "asyncio-nodrain"
 
 
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
+#: The modes that write to an asyncio transport (a user-space buffer above the kernel's).
+ASYNCIO_MODES = frozenset({Mode.ASYNCIO, Mode.ASYNCIO_NODRAIN})
+
+
+def parse_write_buffer_limits(text: str) -> tuple[int, int | None]:
+    """``"HIGH[,LOW]"`` (bytes) as ``(high, low)``; ``low`` None: asyncio's default (high/4).
+
+    Raises :class:`ConfigError` for ``write_buffer_limits`` when it is not one or two
+    integers; the ranges are checked by :class:`RunConfig`.
+    """
+    parts = text.split(",")
+    try:
+        if len(parts) not in (1, 2):
+            raise ValueError
+        high = int(parts[0])
+        low = int(parts[1]) if len(parts) == 2 else None
+    except ValueError:
+        raise ConfigError(
+            "write_buffer_limits", f"must be HIGH or HIGH,LOW in bytes, got {text!r}"
+        ) from None
+    return high, low
 
 
 def _check_int(setting: str, value: int, low: int, high: int) -> None:
@@ -90,6 +117,9 @@ class RunConfig:
     out: Path = Path("runs")
     plot: bool = True
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
+    # (high, low) for transport.set_write_buffer_limits in the asyncio modes; low None:
+    # asyncio's own rule (high / 4). None: asyncio's defaults (64 KiB, 16 KiB).
+    write_buffer_limits: tuple[int, int | None] | None = None
 
     def __post_init__(self) -> None:
         _check_int("messages", self.messages, 1, MAX_MESSAGES)
@@ -115,8 +145,23 @@ class RunConfig:
         )
         if self.timeout is not None:
             _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+        if self.write_buffer_limits is not None:
+            self._check_write_buffer_limits(self.write_buffer_limits)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
+
+    def _check_write_buffer_limits(self, limits: tuple[int, int | None]) -> None:
+        if self.mode not in ASYNCIO_MODES:
+            raise ConfigError(
+                "write_buffer_limits",
+                f"applies to the asyncio modes only, got mode {self.mode.value!r}",
+            )
+        high, low = limits
+        _check_int("write_buffer_limits", high, 1, MAX_BUFFER)
+        if low is not None and not 0 <= low <= high:
+            raise ConfigError(
+                "write_buffer_limits", f"LOW must be between 0 and HIGH ({high}), got {low}"
+            )
 
     def as_dict(self) -> ConfigRecord:
         """JSON-ready settings, as meta.json's ``config`` (the token is a secret of the
@@ -132,4 +177,7 @@ class RunConfig:
             "timeout": self.timeout,
             "out": str(self.out),
             "plot": self.plot,
+            "write_buffer_limits": (
+                None if self.write_buffer_limits is None else list(self.write_buffer_limits)
+            ),
         }

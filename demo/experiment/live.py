@@ -182,7 +182,7 @@ def _blocking_sends(n: int) -> str:
 def sender_state(s: Snapshot) -> str:
     """What the sender is doing: starting, sending, blocked (for how long), or done."""
     if s.blocked_for is not None:
-        where = "select()" if s.mode == "select" else "send()"
+        where = {"select": "select()", "asyncio": "drain()"}.get(s.mode, "send()")
         return f"blocked in {where} for {duration(s.blocked_for)}"
     if s.sent is not None and s.total is not None and s.sent >= s.total:
         if s.consumed is not None and s.consumed < s.total:

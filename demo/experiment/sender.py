@@ -31,7 +31,7 @@ from typing import Any
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
-from bufdemo.experiment.config import Mode, RunConfig
+from bufdemo.experiment.config import ASYNCIO_MODES, Mode, RunConfig
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
     PROGRESS_BLOCKING,
@@ -42,7 +42,7 @@ from bufdemo.experiment.recorder import (
 )
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address, timeval
-from bufdemo.runformat import SenderRecord
+from bufdemo.runformat import AsyncioRecord, SenderRecord
 
 __all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
 
@@ -58,6 +58,7 @@ class SenderResult:
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
+    asyncio: AsyncioRecord | None = None  # the asyncio modes' transport record
 
     def as_dict(self) -> SenderRecord:
         """The sender's record in meta.json (and sender.json)."""
@@ -71,6 +72,7 @@ class SenderResult:
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
+            "asyncio": self.asyncio,
         }
 
 
@@ -283,6 +285,10 @@ def run_sender(
     Pass ``result`` to keep the record when this raises: it is filled as the run goes.
     """
     result = result if result is not None else SenderResult()
+    if cfg.mode in ASYNCIO_MODES:  # the transport's buffer above the kernel's
+        from bufdemo.experiment.asyncio_sender import run_asyncio_sender
+
+        return run_asyncio_sender(cfg, to, run_dir, progress, result)
     result.peer = str(to)
     # Framing is set up before connecting: nothing between the connection and the
     # first send but the hello, so the fill phase starts at the connection's t0.

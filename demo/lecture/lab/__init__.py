@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bufdemo.errors import ConfigError
-from bufdemo.lecture.lab import buffers, closing, deadpeer, nagle
+from bufdemo.lecture.lab import buffers, closing, deadpeer, nagle, slowclient
 from bufdemo.lecture.lab._core import LabResult
 
 __all__ = ["EXPERIMENTS", "Experiment", "LabResult", "format_result", "get", "run"]
@@ -46,6 +46,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("writable", buffers.WRITABLE_CLAIM, buffers.writable),
         Experiment("buffer-sizes", buffers.BUFFER_SIZES_CLAIM, buffers.buffer_sizes),
         Experiment("small-window", buffers.SMALL_WINDOW_CLAIM, buffers.small_window),
+        Experiment("slow-client", slowclient.SLOW_CLIENT_CLAIM, slowclient.slow_client),
     )
 }
 

@@ -1,0 +1,453 @@
+"""The asyncio sender: the buffer above the kernel's.
+
+Most Python code that meets backpressure never calls ``send()``: it calls
+``StreamWriter.write()``, and the bytes wait in the transport's user-space buffer (a
+``bytearray`` in the selector transport) above the kernel's send queue. The mechanism,
+as CPython's ``asyncio/selector_events.py`` and ``streams.py`` implement it:
+
+- ``write(data)`` never blocks and never refuses. With an empty buffer it tries
+  ``sock.send()`` at once; whatever the kernel does not take is *copied* into the buffer,
+  and the event loop sends it later, when the socket is writable.
+- When the buffer grows above the *high-water mark* (64 KiB by default) the transport
+  calls the protocol's ``pause_writing()``; when the loop has sent it down to the
+  *low-water mark* (16 KiB by default, high/4) it calls ``resume_writing()``.
+- ``await drain()`` returns at once unless the protocol is paused; then it waits for
+  ``resume_writing()``: down to the low-water mark, not to an empty buffer.
+
+So there are two modes:
+
+- ``asyncio``: ``write()`` then ``await drain()`` for every message. A *blocking send*
+  in this mode is a ``drain()`` that had to wait (the protocol was paused: the buffer
+  was above the high-water mark right after the ``write()``, which is exactly the
+  condition under which asyncio pauses it). Its row in blocking_sends.csv spans the wait,
+  from pause to resume, with the kernel's queue probed at both ends; ``accepted_first``
+  is the whole message (``write()`` always takes it) and ``bytes_after_wait`` 0.
+- ``asyncio-nodrain``: ``write()`` only, yielding to the loop once per block of frames.
+  The sender is far faster than the receiver, so almost every message waits in the
+  transport's buffer: the process's memory grows by the bytes the kernel could not hold.
+  Bounded by ``--messages``; the run then waits until the loop has sent everything.
+
+Besides the tables every mode writes, a thread samples ``transport_samples.csv`` on the
+run's clock (``time.perf_counter_ns``): the transport's buffered bytes
+(``get_write_buffer_size()``, ``len()`` of a bytearray, safe to read from a thread), the
+kernel's send queue of the same socket, and the process's RSS (psutil).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import threading
+import time
+from array import array
+from collections.abc import Callable, MutableSequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bufdemo import probes, runformat
+from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
+from bufdemo.experiment.config import Mode, RunConfig
+from bufdemo.experiment.recorder import (
+    MISSING,
+    PROGRESS_BLOCKED_SINCE,
+    PROGRESS_BLOCKING,
+    PROGRESS_DONE,
+    BlockingLog,
+    Sampler,
+    SendLog,
+    write_table,
+)
+from bufdemo.experiment.sender import (
+    SenderResult,
+    _buffers,
+    _probe,
+    connect,
+    frames_per_block,
+)
+from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
+from bufdemo.net import Address
+from bufdemo.runformat import AsyncioRecord
+
+__all__ = [
+    "TransportSampler",
+    "TransportState",
+    "held_bytes",
+    "rss_reader",
+    "run_asyncio_sender",
+]
+
+# asyncio's own defaults (selector transports): the numbers a user gets without
+# set_write_buffer_limits, recorded as in effect from get_write_buffer_limits().
+ASYNCIO_DEFAULT_HIGH = 64 * 1024
+
+
+def rss_reader() -> tuple[Callable[[], int | None], str | None]:
+    """A function returning this process's RSS in bytes, and why it is None if it is."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return (lambda: None), "psutil is not installed: rss not recorded"
+    proc = psutil.Process()
+
+    def read() -> int | None:
+        try:
+            return int(proc.memory_info().rss)
+        except psutil.Error:
+            return None
+
+    return read, None
+
+
+def held_bytes(column: array[int]) -> int:
+    """The memory an array column holds: its items (arrays over-allocate ~1/16 more)."""
+    return column.buffer_info()[1] * column.itemsize
+
+
+@dataclass
+class TransportState:
+    """What the loop shares with the sampling thread: plain attributes, GIL-atomic."""
+
+    transport: asyncio.WriteTransport | None = None
+    high: int = ASYNCIO_DEFAULT_HIGH
+    low: int = ASYNCIO_DEFAULT_HIGH // 4
+    buffered_peak: int = 0
+    drain_waits: int = 0
+
+    def buffered(self) -> int:
+        t = self.transport
+        return 0 if t is None else t.get_write_buffer_size()
+
+
+class TransportSampler(threading.Thread):
+    """Sample the transport's buffer, the kernel's send queue and RSS every ``interval``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        interval: float,
+        state: TransportState,
+        count: Callable[[], int],
+        rss: Callable[[], int | None],
+        recorder: Callable[[], int] = lambda: 0,
+    ) -> None:
+        super().__init__(name="bufdemo-transport-sampler", daemon=True)
+        self._recorder = recorder
+        self._sock = sock
+        self._interval = interval
+        self._state = state
+        self._count = count
+        self._rss = rss
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self.columns: dict[str, array[int]] = {
+            name: array("q") for name in runformat.TRANSPORT_SAMPLES.columns
+        }
+
+    def sample(self) -> None:
+        with self._lock:
+            c = self.columns
+            t = time.perf_counter_ns()
+            buffered = self._state.buffered()
+            outq = probes.queue_out(self._sock)
+            rss = self._rss()
+            c["t_ns"].append(t)
+            c["count"].append(self._count())
+            c["buffered"].append(buffered)
+            c["outq"].append(MISSING if outq is None else outq)
+            c["rss"].append(MISSING if rss is None else rss)
+            c["recorder"].append(self._recorder() + self.held())
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self._stop_event.wait(self._interval):
+                self.sample()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join()
+        with contextlib.suppress(OSError):
+            self.sample()
+
+    @property
+    def rows(self) -> int:
+        return min(len(col) for col in self.columns.values())
+
+    def held(self) -> int:
+        """Bytes this sampler's own columns hold (allocated, not just used)."""
+        return sum(held_bytes(col) for col in self.columns.values())
+
+    def peak(self, name: str) -> int | None:
+        values = [v for v in self.columns[name] if v != MISSING]
+        return max(values) if values else None
+
+    def write(self, path: Path) -> None:
+        write_table(path, dict(self.columns), self.rows)
+
+
+async def _session(
+    sock: socket.socket,
+    cfg: RunConfig,
+    log: SendLog,
+    blocking: BlockingLog,
+    sent: MutableSequence[int],
+    block: FrameBlock,
+    state: TransportState,
+    result: SenderResult,
+    progress: MutableSequence[int] | None,
+) -> None:
+    # The transport gets a duplicate descriptor of the same socket: closing the transport
+    # leaves the samplers' descriptor valid until the run has written its tables.
+    reader, writer = await asyncio.open_connection(sock=sock.dup())
+    transport = writer.transport
+    try:
+        if cfg.write_buffer_limits is not None:
+            high, low = cfg.write_buffer_limits
+            transport.set_write_buffer_limits(high=high, low=low)
+        state.low, state.high = transport.get_write_buffer_limits()
+        state.transport = transport
+        await _write_all(writer, transport, cfg, log, blocking, sent, block, state, progress)
+        result.t_done_ns = time.perf_counter_ns()
+        await _flush_and_close(reader, writer, transport, cfg, log.rows)
+    finally:
+        if not transport.is_closing():  # failed or interrupted: drop the rest, close
+            transport.abort()
+
+
+async def _write_all(
+    writer: asyncio.StreamWriter,
+    transport: asyncio.WriteTransport,
+    cfg: RunConfig,
+    log: SendLog,
+    blocking: BlockingLog,
+    sent: MutableSequence[int],
+    block: FrameBlock,
+    state: TransportState,
+    progress: MutableSequence[int] | None,
+) -> None:
+    high = state.high
+    views, fill, per_block = block.views, block.fill, block.count
+    t_col = log.t_ns
+    now = time.perf_counter_ns
+    use_drain = cfg.mode is Mode.ASYNCIO
+    buffered = transport.get_write_buffer_size
+    log.t_start_ns = now()
+    for first in range(0, cfg.messages, per_block):
+        fill(first)
+        stamps: list[int] = []
+        stamp = stamps.append
+        try:
+            for view in views[: min(per_block, cfg.messages - first)]:
+                writer.write(view)  # copied into the transport's buffer if not sent now
+                if use_drain:
+                    held = buffered()
+                    if held > state.buffered_peak:
+                        state.buffered_peak = held
+                    if held > high:  # paused: this drain() waits for resume_writing()
+                        await _timed_drain(
+                            writer, cfg, blocking, first + len(stamps), sent, progress
+                        )
+                        state.drain_waits += 1
+                    else:
+                        await writer.drain()  # returns at once (not paused)
+                stamp(now())
+        finally:
+            done = first + len(stamps)
+            t_col[first:done] = array("q", stamps)
+            log.rows = sent[0] = done
+        state.buffered_peak = max(state.buffered_peak, buffered())
+        if transport.is_closing():  # write() after a lost connection drops data silently
+            raise PeerError(
+                f"the receiver closed the connection after {log.rows} of {cfg.messages} "
+                "messages were written to the transport"
+            )
+        if not use_drain:
+            await asyncio.sleep(0)  # one pass of the loop per block: it sends what it can
+
+
+async def _timed_drain(
+    writer: asyncio.StreamWriter,
+    cfg: RunConfig,
+    blocking: BlockingLog,
+    seq: int,
+    sent: MutableSequence[int],
+    progress: MutableSequence[int] | None,
+) -> None:
+    sock = writer.get_extra_info("socket")
+    sent[0] = seq
+    t0 = time.perf_counter_ns()
+    if progress is not None:
+        progress[PROGRESS_BLOCKED_SINCE] = t0
+    outq0, outq_nsd0, sndbuf0 = _probe(sock)
+    try:
+        await asyncio.wait_for(writer.drain(), cfg.timeout)
+    except TimeoutError as exc:
+        raise PeerTimeout(
+            f"receiver stuck: drain() waited {cfg.timeout} s at message {seq} "
+            f"({seq} of {cfg.messages} written); the receiver is not reading"
+        ) from exc
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise PeerError(
+            f"the receiver closed the connection ({errno.errorcode.get(exc.errno or 0, exc)}) "
+            f"after {seq} of {cfg.messages} messages"
+        ) from exc
+    finally:
+        if progress is not None:
+            progress[PROGRESS_BLOCKED_SINCE] = 0
+    t1 = time.perf_counter_ns()
+    outq1, outq_nsd1, sndbuf1 = _probe(sock)
+    blocking.append(
+        seq=seq,
+        t_start_ns=t0,
+        t_end_ns=t1,
+        accepted_first=cfg.size,  # write() takes every byte; the wait is drain()'s
+        bytes_after_wait=0,
+        outq_start=outq0,
+        outq_nsd_start=outq_nsd0,
+        sndbuf_start=sndbuf0,
+        outq_end=outq1,
+        outq_nsd_end=outq_nsd1,
+        sndbuf_end=sndbuf1,
+        waits=1,
+    )
+
+
+async def _flush_and_close(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    transport: asyncio.WriteTransport,
+    cfg: RunConfig,
+    sent: int,
+) -> None:
+    """Let the loop send the transport's buffer, FIN after it, wait for the receiver."""
+    poll = max(cfg.sample_interval, 0.001)
+    last, since = transport.get_write_buffer_size(), time.monotonic()
+    while (held := transport.get_write_buffer_size()) > 0:
+        if transport.is_closing():
+            raise PeerError(
+                f"the receiver closed the connection with {held} bytes still in the "
+                f"transport's buffer ({sent} messages written)"
+            )
+        if held != last:
+            last, since = held, time.monotonic()
+        elif cfg.timeout is not None and time.monotonic() - since > cfg.timeout:
+            raise PeerTimeout(
+                f"receiver stuck: {held} bytes left in the transport's buffer for "
+                f"{cfg.timeout} s; the receiver is not reading"
+            )
+        await asyncio.sleep(poll)
+    writer.write_eof()
+    try:
+        await asyncio.wait_for(reader.read(), cfg.timeout)
+    except TimeoutError as exc:
+        raise PeerTimeout(
+            f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
+            f"reading them within {cfg.timeout} s"
+        ) from exc
+    except ConnectionResetError as exc:
+        raise PeerError(
+            f"the receiver reset the connection before reading all {sent} messages"
+        ) from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def run_asyncio_sender(
+    cfg: RunConfig,
+    to: Address,
+    run_dir: Path | Callable[[], Path],
+    progress: MutableSequence[int] | None,
+    result: SenderResult,
+) -> SenderResult:
+    """:func:`bufdemo.experiment.sender.run_sender` for the asyncio modes: the same
+    connection, hello, tables and record, plus transport_samples.csv and
+    ``result.asyncio``. Writes what it recorded also when it fails or is interrupted."""
+    result.peer = str(to)
+    block = FrameBlock(cfg.size, frames_per_block(cfg.size))
+    sock = connect(cfg, to)
+    if callable(run_dir):
+        try:
+            run_dir = run_dir()
+        except BaseException:
+            sock.close()
+            raise
+    log = SendLog(cfg.messages, cfg.size)
+    blocking = BlockingLog()
+    sent = array("q", [0])
+    state = TransportState()
+    rss, rss_missing = rss_reader()
+    rss_start = rss()
+    sampler = Sampler(
+        sock,
+        cfg.sample_interval,
+        count=lambda: sent[0],
+        progress=progress,
+        counters={PROGRESS_BLOCKING: lambda: len(blocking)},
+    )
+    tsampler = TransportSampler(
+        sock,
+        cfg.sample_interval,
+        state,
+        lambda: sent[0],
+        rss,
+        recorder=lambda: sum(held_bytes(col) for col in list(sampler.columns.values())),
+    )
+    try:
+        result.t_connected_ns = time.perf_counter_ns()
+        local = sock.getsockname()
+        result.address = f"{local[0]}:{local[1]}"
+        start_sizes = probes.buffer_sizes(sock)
+        sampler.start()
+        tsampler.start()
+        try:
+            sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
+            asyncio.run(_session(sock, cfg, log, blocking, sent, block, state, result, progress))
+            result.complete = True
+        except BufdemoError as exc:
+            result.error = str(exc)
+            raise
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            result.error = (
+                f"the receiver closed the connection after {log.rows} of {cfg.messages} messages"
+            )
+            raise PeerError(result.error) from exc
+        except KeyboardInterrupt:
+            result.error = f"interrupted after {log.rows} of {cfg.messages} messages"
+            raise
+        finally:
+            sampler.stop()
+            tsampler.stop()
+            result.buffers = _buffers(cfg, start_sizes, probes.buffer_sizes(sock))
+    finally:
+        result.messages = log.rows
+        result.blocking_sends = len(blocking)
+        result.asyncio = _record(state, tsampler, rss_start, rss_missing)
+        if progress is not None:
+            progress[PROGRESS_DONE] = 1
+        sock.close()
+        log.write(run_dir / runformat.SENDS.file, blocking)
+        blocking.write(run_dir / runformat.BLOCKING_SENDS.file)
+        sampler.write(run_dir / runformat.SENDER_SAMPLES.file)
+        tsampler.write(run_dir / runformat.TRANSPORT_SAMPLES.file)
+    return result
+
+
+def _record(
+    state: TransportState,
+    tsampler: TransportSampler,
+    rss_start: int | None,
+    rss_missing: str | None,
+) -> AsyncioRecord:
+    sampled = tsampler.peak("buffered") or 0
+    return {
+        "high_water": state.high,
+        "low_water": state.low,
+        "buffered_peak": max(state.buffered_peak, sampled),
+        "rss_start": rss_start,
+        "rss_peak": tsampler.peak("rss"),
+        "drain_waits": state.drain_waits,
+        "rss_missing": rss_missing,
+    }
