@@ -89,6 +89,10 @@ class RunConfig:
     timeout: float | None = None
     out: Path = Path("runs")
     plot: bool = True
+    # The witnesses (bufdemo.experiment.tracing, bufdemo.experiment.capture): off by
+    # default, they need root/tracefs and tcpdump; where missing, the run goes on.
+    trace: bool = False
+    capture: bool = False
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
 
     def __post_init__(self) -> None:
@@ -115,6 +119,9 @@ class RunConfig:
         )
         if self.timeout is not None:
             _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+        for setting, flag in (("trace", self.trace), ("capture", self.capture)):
+            if not isinstance(flag, bool):
+                raise ConfigError(setting, f"must be true or false, got {flag!r}")
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
 
@@ -132,4 +139,6 @@ class RunConfig:
             "timeout": self.timeout,
             "out": str(self.out),
             "plot": self.plot,
+            "trace": self.trace,
+            "capture": self.capture,
         }

@@ -58,6 +58,7 @@ class SenderResult:
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
+    cookie: int | None = None  # SO_COOKIE of the connected socket (the trace's id)
 
     def as_dict(self) -> SenderRecord:
         """The sender's record in meta.json (and sender.json)."""
@@ -71,6 +72,7 @@ class SenderResult:
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
+            "cookie": self.cookie,
         }
 
 
@@ -107,14 +109,17 @@ def connect(cfg: RunConfig, to: Address) -> socket.socket:
     return sock
 
 
-def _probe(sock: socket.socket) -> tuple[int, int, int]:
+def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
     def val(v: int | None) -> int:
         return -1 if v is None else v
 
+    mem = probes.sk_meminfo(sock)
     return (
         val(probes.queue_out(sock)),
         val(probes.queue_out_unsent(sock)),
         val(probes.buffer_sizes(sock).sndbuf),
+        -1 if mem is None else mem["wmem_queued"],
+        -1 if mem is None else mem["sndbuf"],
     )
 
 
@@ -177,7 +182,7 @@ def send_loop(
                         t0 = now()
                         if progress is not None:
                             progress[PROGRESS_BLOCKED_SINCE] = t0
-                        outq0, outq_nsd0, sndbuf0 = _probe(sock)
+                        outq0, outq_nsd0, sndbuf0, wq0, sk0 = _probe(sock)
                         if sampler is not None:
                             sampler.resume()
                         try:
@@ -188,7 +193,7 @@ def send_loop(
                             if progress is not None:
                                 progress[PROGRESS_BLOCKED_SINCE] = 0
                         t1 = now()
-                        outq1, outq_nsd1, sndbuf1 = _probe(sock)
+                        outq1, outq_nsd1, sndbuf1, wq1, sk1 = _probe(sock)
                         blocking.append(
                             seq=seq,
                             t_start_ns=t0,
@@ -202,6 +207,10 @@ def send_loop(
                             outq_nsd_end=outq_nsd1,
                             sndbuf_end=sndbuf1,
                             waits=waits,
+                            wmem_queued_start=wq0,
+                            sk_sndbuf_start=sk0,
+                            wmem_queued_end=wq1,
+                            sk_sndbuf_end=sk1,
                         )
                     stamp(now())
             finally:
@@ -309,6 +318,7 @@ def run_sender(
         result.t_connected_ns = time.perf_counter_ns()
         local = sock.getsockname()
         result.address = f"{local[0]}:{local[1]}"
+        result.cookie = probes.so_cookie(sock)
         start_sizes = probes.buffer_sizes(sock)
         sampler.start()
         try:
