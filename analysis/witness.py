@@ -46,11 +46,13 @@ __all__ = [
     "cross_check",
     "episodes",
     "kernel_events",
+    "plot_blocking_rule",
     "plot_sequence",
     "plot_witness",
     "report_lines",
     "sequence_figure",
     "wire_events",
+    "zoom_window",
 ]
 
 
@@ -177,18 +179,19 @@ def _why(cc: CrossCheck) -> list[str]:
             )
         elif key.startswith("TcpExt"):
             why.append(
-                f"TcpExt: {v}; counts every socket of the network namespace, and only when the "
-                "receiver's own window computation falls to zero (not a window held at zero)"
+                f"TcpExt: {v}; counts every socket of the network namespace (any other "
+                "connection, or run, at the same time counts too)"
             )
         elif key.startswith("capture"):
             why.append(
-                f"capture: {v}; a window that reopens by less than one MSS is still counted "
-                "as an update on the wire, while the trace sees it only at the next ACK"
+                f"capture: {v}; the wire shows every ACK, including those the sender's kernel "
+                "coalesced and those after the sender's FIN (the drain), which the trace misses"
             )
         elif key.startswith("trace"):
             why.append(
-                f"trace: {v}; tcp_probe fires per received segment: an episode without an ACK "
-                "in it (no ACK while closed) is invisible to it"
+                f"trace: {v}; tcp_probe fires only on an established socket (the sender's "
+                "events stop at its FIN: the drain is not in the trace), and ACKs that "
+                "arrive while the sender holds the socket are coalesced in its backlog"
             )
     return why
 
@@ -259,6 +262,50 @@ def plot_sequence(
     return artists
 
 
+def plot_blocking_rule(
+    ax: Axes,
+    run: Run,
+    xlim: tuple[float, float] | None = None,
+    unit: tuple[float, str] = (1.0, "B"),
+) -> list[Artist]:
+    """The kernel's blocking rule from its own numbers (SO_MEMINFO, sender samples):
+    ``wmem_queued`` (truesize queued) against the wake-up line ``2/3 sk_sndbuf`` (free
+    space >= half of what is queued). send() blocks where wmem_queued reaches sk_sndbuf
+    (the SO_SNDBUF line) and wakes where it falls to the wake-up line."""
+    from bufdemo.analysis.plots import envelope
+
+    frame = run.sender_samples
+    if frame.empty or "wmem_queued" not in frame:
+        return []
+    q = frame["wmem_queued"].to_numpy(dtype="float64", na_value=np.nan)
+    if not np.isfinite(q).any():
+        return []
+    t = frame["t"].to_numpy(dtype="float64")
+    keep = np.ones(t.size, dtype=bool) if xlim is None else (t >= xlim[0]) & (t <= xlim[1])
+    div = unit[0]
+    artists: list[Artist] = []
+    x, y = envelope(t[keep], q[keep] / div)
+    artists += ax.plot(
+        x,
+        y,
+        drawstyle="steps-post",
+        color="tab:purple",
+        lw=0.9,
+        label="wmem_queued (truesize, SO_MEMINFO)",
+    )
+    limit = frame["sk_sndbuf"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+    artists += ax.plot(
+        t[keep],
+        limit * 2 / 3 / div,
+        drawstyle="steps-post",
+        color="tab:purple",
+        linestyle=":",
+        lw=1.1,
+        label="wake-up line: free >= queued/2 (2/3 sk_sndbuf)",
+    )
+    return artists
+
+
 def plot_witness(
     ax: Axes, run: Run, kev: pd.DataFrame | None, wev: pd.DataFrame | None
 ) -> list[Artist]:
@@ -306,8 +353,6 @@ def sequence_figure(run: Run, cycles: int = 3) -> Figure | None:
     """sequence.png: the whole run above, a zoom on a few stalls below; None without a trace."""
     from matplotlib.figure import Figure
 
-    from bufdemo.analysis.stalls import stalls as stall_table
-
     kev = kernel_events(run)
     if kev is None or _sender_probe(kev).empty:
         return None
@@ -315,17 +360,37 @@ def sequence_figure(run: Run, cycles: int = 3) -> Figure | None:
     top, bottom = fig.subplots(2, 1)
     plot_sequence(top, run, kev)
     top.set_title("time-sequence at the sender (kernel trace, tcp_probe): whole run")
-    st = stall_table(run)
-    if len(st) >= 1:
-        first = min(len(st) - 1, len(st) // 2)
-        last = min(len(st) - 1, first + cycles - 1)
-        a = float(st["start"].iloc[first])
-        b = float(st["end"].iloc[last]) if np.isfinite(st["end"].iloc[last]) else a + 1.0
-        pad = max((b - a) * 0.15, 0.005)
-        plot_sequence(bottom, run, kev, (a - pad, b + pad))
+    window = zoom_window(run, kev, cycles)
+    if window is not None:
+        plot_sequence(bottom, run, kev, window)
         bottom.set_title(
-            f"zoom: stalls {first + 1}-{last + 1} (shaded): snd_nxt pinned at the limit"
+            f"zoom: {cycles} window cycles: during a stall snd_nxt sits on the receiver's "
+            "limit, and moves only when the window opens"
         )
     else:
         bottom.set_visible(False)
     return fig
+
+
+def zoom_window(run: Run, kev: pd.DataFrame, cycles: int = 3) -> tuple[float, float] | None:
+    """A few close/open cycles of the window in the middle of the stalls: from the
+    start of one closed-window episode (trace) to the end of the ``cycles``-th."""
+    from bufdemo.analysis.stalls import stalls as stall_table
+
+    sp = _sender_probe(kev)
+    eps = episodes(sp["t"].to_numpy(), (sp["snd_wnd"] == 0).to_numpy())
+    st = stall_table(run)
+    starts = st["start"].to_numpy(dtype="float64")
+    ends = np.where(np.isfinite(st["end"].to_numpy(dtype="float64")), st["end"], np.inf)
+    eps = [e for e in eps if np.isfinite(e[1]) and bool(((starts <= e[0]) & (e[0] <= ends)).any())]
+    if eps:
+        first = max(0, len(eps) // 2 - cycles // 2)
+        chosen = eps[first : first + cycles]
+        a, b = chosen[0][0], chosen[-1][1]
+    elif len(st):
+        a = float(starts[0])
+        b = float(ends[0]) if np.isfinite(ends[0]) else a + 1.0
+    else:
+        return None
+    pad = max((b - a) * 0.1, 0.002)
+    return a - pad, b + pad

@@ -21,6 +21,7 @@ from bufdemo.runformat import (
     Outcome,
     ReceiverRecord,
     SenderRecord,
+    WitnessRecord,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,8 @@ def test_a_real_run_writes_exactly_the_declared_columns_in_order(
 @pytest.mark.slow
 def test_a_real_runs_meta_json_has_exactly_the_declared_keys(run_dir: Path) -> None:
     meta = json.loads((run_dir / runformat.META_FILE).read_text())
-    assert set(meta) == _keys(Meta)  # bufdemo run writes last_progress too
+    # bufdemo run writes last_progress too; witnesses only with --trace/--capture
+    assert set(meta) == _keys(Meta) - {"witnesses"}
     assert meta["format_version"] == runformat.FORMAT_VERSION
     assert set(meta["config"]) == _keys(ConfigRecord)
     assert set(meta["outcome"]) == _keys(Outcome)
@@ -88,7 +90,9 @@ def _doc_names() -> set[str]:
     return names | {part for name in names for part in re.split(r"[./]", name)}
 
 
-@pytest.mark.parametrize("table", TABLE_FORMATS, ids=lambda t: t.stem)
+@pytest.mark.parametrize(
+    "table", TABLE_FORMATS + runformat.WITNESS_TABLE_FORMATS, ids=lambda t: t.stem
+)
 def test_the_document_names_every_table_and_column(table: runformat.TableFormat) -> None:
     text = DOC.read_text()
     assert re.search(rf"^## .*\b{re.escape(table.file)}\b", text, re.MULTILINE), table.file
@@ -98,7 +102,7 @@ def test_the_document_names_every_table_and_column(table: runformat.TableFormat)
 
 @pytest.mark.parametrize(
     "record",
-    [Meta, Outcome, ConfigRecord, SenderRecord, ReceiverRecord, LastProgress],
+    [Meta, Outcome, ConfigRecord, SenderRecord, ReceiverRecord, LastProgress, WitnessRecord],
     ids=lambda r: r.__name__,
 )
 def test_the_document_names_every_meta_json_key(record: Any) -> None:

@@ -107,7 +107,11 @@ class Capture:
             argv[1:1] = ["-Z", "root"]  # keep the file ours (no privilege drop to tcpdump)
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_stop_with_parent,
             )
         except OSError as exc:
             raise CaptureUnavailable(f"--capture skipped: cannot start tcpdump: {exc}") from exc
@@ -143,6 +147,16 @@ class Capture:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _stop_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """In tcpdump's process before exec: SIGINT it when the run's process dies, even by
+    SIGKILL (prctl PR_SET_PDEATHSIG), so a killed run leaves no tcpdump behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGINT, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 # -- reading (sans-IO below read_pcap) -----------------------------------------------
