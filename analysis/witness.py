@@ -243,7 +243,8 @@ def plot_sequence(
         lim,
         where="post",
         color="tab:green",
-        lw=1.0,
+        lw=4.0,
+        alpha=0.45,
         label="snd_una + snd_wnd (receiver's limit)",
     )
     artists += ax.step(t, nxt, where="post", color="tab:blue", lw=1.0, label="snd_nxt (sent)")
