@@ -212,6 +212,12 @@ def report_lines(cc: CrossCheck) -> list[str]:
         lines.append(f"  {cc.trace_closed} of {cc.stalls} stalls: the trace showed snd_wnd = 0")
     if cc.wire:
         lines.append(f"  {cc.wire_closed} of {cc.stalls} stalls: the wire showed a zero window")
+    open_stalls = cc.stalls - (cc.trace_closed if cc.trace else cc.wire_closed)
+    if (cc.trace or cc.wire) and open_stalls > 0:
+        lines.append(
+            f"  {open_stalls} stalls with the window open: the send buffer itself was full "
+            "(SO_SNDBUF smaller than what the receiver allows), not the receiver"
+        )
     lines.append("  zero-window episodes, counted four ways:")
     for key, v in cc.counts.items():
         lines.append(f"    {key}: {'n/a' if v is None else v}")

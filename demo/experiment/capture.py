@@ -83,6 +83,7 @@ class Capture:
     interface: str = "lo"
     proc: subprocess.Popen[bytes] | None = None
     stderr_tail: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def start(self) -> None:
         exe = shutil.which("tcpdump")
@@ -127,7 +128,8 @@ class Capture:
                     ready.set()
             ready.set()  # EOF: tcpdump ended
 
-        threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True).start()
+        self.reader = threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True)
+        self.reader.start()
         ready.wait(READY_TIMEOUT)
         if self.proc.poll() is not None or not ready.is_set():
             self.stop()
@@ -147,6 +149,10 @@ class Capture:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.reader is not None:
+            self.reader.join(1.0)  # tcpdump's exit closed the pipe: the reader is at EOF
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def _stop_with_parent() -> None:  # pragma: no cover - runs in the forked child

@@ -113,6 +113,8 @@ def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
     def val(v: int | None) -> int:
         return -1 if v is None else v
 
+    # SO_MEMINFO first: the closest read to the failed attempt (an ACK arriving after it
+    # frees truesize, and the kernel's rule is about the moment of the attempt).
     mem = probes.sk_meminfo(sock)
     return (
         val(probes.queue_out(sock)),
