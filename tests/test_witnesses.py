@@ -402,3 +402,41 @@ def _tcpdumps_writing_under(directory: Path) -> list[int]:
         if comm == "tcpdump" and str(directory) in cmdline:
             found.append(int(entry.name))
     return found
+
+
+# -- a witness that cannot run -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_without_tcpdump_the_run_goes_on_and_says_why_in_one_line(tmp_path: Path) -> None:
+    """Acceptance 3 (no tcpdump): a PATH without tcpdump, as on a machine without it."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bufdemo", "run", "--messages", "300", "--recv-delay", "0"),
+            *("--capture", "--no-plot", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = "--capture skipped: tcpdump is not installed (apt-get install tcpdump)"
+    assert proc.stderr.count(line) == 1
+    meta = json.loads((_only_run(tmp_path) / "meta.json").read_text())
+    capture = meta["witnesses"]["capture"]
+    assert capture["active"] is False
+    assert capture["reason"] == line
+    assert meta["outcome"]["complete"] is True
+    assert not (_only_run(tmp_path) / runformat.CAPTURE_FILE).exists()
+
+
+def test_without_tracefs_tracing_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Acceptance 3 (no tracefs): a root without ``instances`` is not a tracefs."""
+    from bufdemo.experiment.tracing import TraceSession, TracingUnavailable
+
+    with pytest.raises(TracingUnavailable, match=r"^--trace skipped: cannot create") as info:
+        TraceSession(5000, root=tmp_path).start()
+    assert "\n" not in str(info.value)
