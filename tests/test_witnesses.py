@@ -440,3 +440,37 @@ def test_without_tracefs_tracing_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(TracingUnavailable, match=r"^--trace skipped: cannot create") as info:
         TraceSession(5000, root=tmp_path).start()
     assert "\n" not in str(info.value)
+
+
+# -- the options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["trace", "capture"])
+def test_a_witness_setting_must_be_a_boolean(setting: str) -> None:
+    from bufdemo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be true or false") as info:
+        RunConfig(**{setting: "yes"})  # type: ignore[arg-type]
+    assert info.value.setting == setting
+
+
+@pytest.mark.parametrize("flag", ["--trace=yes", "--capture=1"])
+def test_a_witness_flag_takes_no_value_usage_error_exit_2(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bufdemo.cli import main
+
+    assert main(["run", flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert flag.split("=")[0] in err
+
+
+def test_cleanup_says_what_it_removed_or_that_there_was_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bufdemo.cli import main
+
+    assert main(["cleanup"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(("removed tracefs instance bufdemo-", "nothing to clean up"))
