@@ -279,7 +279,7 @@ def plot_blocking_rule(
     ``wmem_queued`` (truesize queued) against the wake-up line ``2/3 sk_sndbuf`` (free
     space >= half of what is queued). send() blocks where wmem_queued reaches sk_sndbuf
     (the SO_SNDBUF line) and wakes where it falls to the wake-up line."""
-    from bufdemo.analysis.plots import envelope
+    from bufdemo.analysis.plots import _runs, envelope
 
     frame = run.sender_samples
     if frame.empty or "wmem_queued" not in frame:
@@ -301,9 +301,10 @@ def plot_blocking_rule(
         label="wmem_queued (truesize, SO_MEMINFO)",
     )
     limit = frame["sk_sndbuf"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+    lx, ly = _runs(t[keep], limit * 2 / 3 / div)  # only where it changes: exact, small
     artists += ax.plot(
-        t[keep],
-        limit * 2 / 3 / div,
+        lx,
+        ly,
         drawstyle="steps-post",
         color="tab:purple",
         linestyle=":",
