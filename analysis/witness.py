@@ -184,14 +184,14 @@ def _why(cc: CrossCheck) -> list[str]:
             )
         elif key.startswith("capture"):
             why.append(
-                f"capture: {v}; the wire shows every ACK, including those the sender's kernel "
-                "coalesced and those after the sender's FIN (the drain), which the trace misses"
+                f"capture: {v}; the wire shows every ACK, also those of the drain (after the "
+                "sender's shutdown), which the trace misses"
             )
         elif key.startswith("trace"):
             why.append(
                 f"trace: {v}; tcp_probe fires only on an established socket (the sender's "
-                "events stop at its FIN: the drain is not in the trace), and ACKs that "
-                "arrive while the sender holds the socket are coalesced in its backlog"
+                "events stop when it shuts down its side after the last message: the drain "
+                "is not in the trace"
             )
     return why
 
