@@ -113,13 +113,19 @@ def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
     def val(v: int | None) -> int:
         return -1 if v is None else v
 
-    # SO_MEMINFO first: the closest read to the failed attempt (an ACK arriving after it
-    # frees truesize, and the kernel's rule is about the moment of the attempt).
-    mem = probes.sk_meminfo(sock)
-    return (
+    # SO_MEMINFO after the probes that were there first: their timing stays as it was.
+    # An ACK that arrives in between frees truesize; with a slow receiver (its window
+    # closed) none does.
+    outq, outq_nsd, sndbuf = (
         val(probes.queue_out(sock)),
         val(probes.queue_out_unsent(sock)),
         val(probes.buffer_sizes(sock).sndbuf),
+    )
+    mem = probes.sk_meminfo(sock)
+    return (
+        outq,
+        outq_nsd,
+        sndbuf,
         -1 if mem is None else mem["wmem_queued"],
         -1 if mem is None else mem["sndbuf"],
     )
