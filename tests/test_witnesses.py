@@ -474,3 +474,15 @@ def test_cleanup_says_what_it_removed_or_that_there_was_nothing(
     assert main(["cleanup"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(("removed tracefs instance bufdemo-", "nothing to clean up"))
+
+
+def test_a_tcpdump_that_cannot_capture_is_one_line_with_its_own_reason(tmp_path: Path) -> None:
+    """tcpdump refusing (here: no such interface; for a user: no permission) is a skip."""
+    require_tool("tcpdump", "tcpdump")
+    from bufdemo.experiment.capture import Capture, CaptureUnavailable
+
+    cap = Capture(5000, tmp_path / "capture.pcap", interface="bufdemo-none0")
+    with pytest.raises(CaptureUnavailable, match=r"^--capture skipped: tcpdump: ") as info:
+        cap.start()
+    assert "\n" not in str(info.value)
+    assert cap.proc is None  # stopped: nothing left running

@@ -116,7 +116,8 @@ class Capture:
             )
         except OSError as exc:
             raise CaptureUnavailable(f"--capture skipped: cannot start tcpdump: {exc}") from exc
-        ready = threading.Event()
+        ready = threading.Event()  # set at "listening on", or when tcpdump's stderr ends
+        listening = threading.Event()  # set at "listening on" only
         assert self.proc.stderr is not None
         stderr = self.proc.stderr
 
@@ -125,16 +126,22 @@ class Capture:
                 line = raw.decode(errors="replace").strip()
                 self.stderr_tail = [*self.stderr_tail[-4:], line]
                 if "listening on" in line:
+                    listening.set()
                     ready.set()
             ready.set()  # EOF: tcpdump ended
 
         self.reader = threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True)
         self.reader.start()
         ready.wait(READY_TIMEOUT)
-        if self.proc.poll() is not None or not ready.is_set():
+        if not listening.is_set() or self.proc.poll() is not None:
             self.stop()
-            why = self.stderr_tail[-1] if self.stderr_tail else "did not start"
-            raise CaptureUnavailable(f"--capture skipped: tcpdump: {why}")
+            # tcpdump's own error line ("tcpdump: lo: You don't have permission ..."),
+            # not the detail it prints after it.
+            said = [line for line in self.stderr_tail if line.startswith("tcpdump:")]
+            why = (said or self.stderr_tail or ["tcpdump: did not start"])[0]
+            if not why.startswith("tcpdump:"):
+                why = f"tcpdump: {why}"
+            raise CaptureUnavailable(f"--capture skipped: {why}")
 
     def stop(self) -> None:
         """SIGINT (tcpdump flushes and closes the file), then insist; idempotent."""
