@@ -191,7 +191,7 @@ def _why(cc: CrossCheck) -> list[str]:
             why.append(
                 f"trace: {v}; tcp_probe fires only on an established socket (the sender's "
                 "events stop when it shuts down its side after the last message: the drain "
-                "is not in the trace"
+                "is not in the trace)"
             )
     return why
 
