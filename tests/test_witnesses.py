@@ -486,3 +486,39 @@ def test_a_tcpdump_that_cannot_capture_is_one_line_with_its_own_reason(tmp_path:
         cap.start()
     assert "\n" not in str(info.value)
     assert cap.proc is None  # stopped: nothing left running
+
+
+@pytest.mark.slow
+def test_without_root_the_run_goes_on_and_says_why_for_each_witness() -> None:
+    """Acceptance 3 (not root): the same command as an unprivileged user (nobody)."""
+    import shutil
+    import tempfile
+
+    require_root("running a command as another user (runuser)")
+    runuser = require_tool("runuser", "util-linux")
+    as_nobody = [runuser, "-u", "nobody", "--", sys.executable]
+    probe = subprocess.run([*as_nobody, "-c", "import bufdemo"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run {sys.executable} with bufdemo (a private install)")
+    out = Path(tempfile.mkdtemp(prefix="bufdemo-nobody-"))
+    try:
+        out.chmod(0o777)
+        proc = subprocess.run(
+            [
+                *(*as_nobody, "-m", "bufdemo", "run", "--messages", "300", "--recv-delay", "0"),
+                *("--trace", "--capture", "--no-plot", "--out", str(out / "runs")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "MPLCONFIGDIR": str(out / "mpl"), "HOME": str(out)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("--trace skipped: tracefs needs root") == 1
+        assert proc.stderr.count("--capture skipped: tcpdump") <= 1
+        meta = json.loads((_only_run(out / "runs") / "meta.json").read_text())
+        assert meta["witnesses"]["trace"]["active"] is False
+        assert meta["outcome"]["complete"] is True
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

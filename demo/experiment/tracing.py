@@ -70,14 +70,22 @@ class TracingUnavailable(Exception):
     """Tracing cannot be done here; the message is the one line meta.json and the CLI show."""
 
 
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, False also where we may not look (tracefs is 0700 for non-root)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def find_tracefs(mount: bool = True) -> Path:
     """The tracefs root; mounted at /sys/kernel/tracing if it is not (root only)."""
-    for root in TRACEFS_ROOTS:
-        if (root / "instances").is_dir():
-            return root
     if os.geteuid() != 0:
         raise TracingUnavailable("--trace skipped: tracefs needs root (run as root or with sudo)")
-    if not mount or not TRACEFS_ROOTS[0].is_dir():
+    for root in TRACEFS_ROOTS:
+        if _is_dir(root / "instances"):
+            return root
+    if not mount or not _is_dir(TRACEFS_ROOTS[0]):
         raise TracingUnavailable("--trace skipped: this kernel has no tracefs")
     import subprocess  # only here: mounting is the rare case
 
@@ -87,7 +95,7 @@ def find_tracefs(mount: bool = True) -> Path:
         text=True,
         check=False,
     )
-    if proc.returncode != 0 or not (TRACEFS_ROOTS[0] / "instances").is_dir():
+    if proc.returncode != 0 or not _is_dir(TRACEFS_ROOTS[0] / "instances"):
         why = (proc.stderr.strip().splitlines() or ["mount failed"])[-1]
         raise TracingUnavailable(f"--trace skipped: cannot mount tracefs: {why}")
     return TRACEFS_ROOTS[0]
@@ -121,7 +129,7 @@ class TraceSession:
                 (path / "buffer_size_kb").write_text(str(BUFFER_KB))
             for event, flt in _EVENTS:
                 edir = path / "events" / event
-                if not edir.is_dir():
+                if not _is_dir(edir):
                     continue  # an older kernel without this event: the others still help
                 if flt is not None:
                     (edir / "filter").write_text(flt.format(port=self.port))
