@@ -570,13 +570,21 @@ def _panels(
     stall_table: pd.DataFrame,
     zoom: bool,
 ) -> list[Axes]:
-    axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1.4, 1.2, 0.8]})
+    from bufdemo.analysis import witness
+
+    kev, wev = witness.kernel_events(run), witness.wire_events(run)
+    ratios = [1.2, 1.4, 1.2, 0.8] + ([0.9] if kev is not None or wev is not None else [])
+    axes = fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
     ax_msg, ax_q, ax_w, ax_b = (axes[i] for i in range(4))
     ax_msg.set_xlim(*xlim)
     window = xlim if zoom else None
     plot_messages(ax_msg, run, window, max_points=MAX_POINTS)
     # Each side on its own scale: a 4 MiB send queue would flatten a 128 KiB receive queue.
-    plot_queues(ax_q, run, window, wakes=zoom, sides=(SENDER,))
+    sender_unit = byte_unit(_max_bytes(run, (SENDER,)))
+    plot_queues(ax_q, run, window, sender_unit, wakes=zoom, sides=(SENDER,))
+    witness.plot_blocking_rule(ax_q, run, window, sender_unit)
+    if len(axes) > 4:
+        witness.plot_witness(axes[4], run, kev, wev)
     receiver_unit = byte_unit(_max_bytes(run, (RECEIVER,)))
     plot_queues(ax_w, run, window, receiver_unit, sides=(RECEIVER,))
     plot_window(ax_w, run, window, receiver_unit)
@@ -595,7 +603,7 @@ def _panels(
             # Outside the data, right of the panel: the lines are the point of the figure.
             ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         ax.set_xlim(*xlim)
-    ax_b.set_xlabel(TIME_LABEL)
+    axes[-1].set_xlabel(TIME_LABEL)
     if zoom:
         ax_msg.relim()
         ax_msg.autoscale(axis="y")

@@ -39,6 +39,16 @@ def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
             fig.savefig(tmp, dpi=FIGURE_DPI)
             tmp.replace(path)
             paths.append(path)
+    from bufdemo.analysis.witness import sequence_figure
+
+    seq = sequence_figure(run)  # --trace runs only: the kernel's time-sequence graph
+    if seq is not None:
+        for ext in ("png", "svg"):
+            path = out / f"sequence.{ext}"
+            tmp = path.with_name(f"sequence.part.{ext}")
+            seq.savefig(tmp, dpi=FIGURE_DPI)
+            tmp.replace(path)
+            paths.append(path)
     return paths
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "queue_out_unsent",
     "read_sysctls",
     "sk_meminfo",
+    "so_cookie",
     "tcp_info",
     "tcp_info_reader",
 ]
@@ -176,6 +177,36 @@ def sk_meminfo(sock: socket.socket) -> dict[str, int] | None:
         return None
     values = struct.unpack(f"{len(_SK_MEMINFO_FIELDS)}I", raw)
     return dict(zip(_SK_MEMINFO_FIELDS, values, strict=True))
+
+
+# The SO_MEMINFO fields every periodic sample carries, in column order (the sample
+# columns rename sndbuf/rcvbuf to sk_sndbuf/sk_rcvbuf: the kernel's field, not getsockopt).
+SAMPLED_MEMINFO = (
+    "wmem_queued",
+    "sndbuf",
+    "wmem_alloc",
+    "rmem_alloc",
+    "rcvbuf",
+    "fwd_alloc",
+    "backlog",
+    "drops",
+)
+
+SO_COOKIE = 57  # include/uapi/asm-generic/socket.h: u64, the id tracepoints print
+
+
+def so_cookie(sock: socket.socket) -> int | None:
+    """The socket's cookie (SO_COOKIE), as tracepoints print it; None if unavailable."""
+    if not IS_LINUX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+    except OSError:
+        return None
+    if len(raw) != 8:
+        return None
+    value: int = struct.unpack("Q", raw)[0]
+    return value
 
 
 class TcpInfo(dict[str, int | None]):

@@ -26,8 +26,10 @@ from typing import Any, NotRequired, TypedDict
 
 __all__ = [
     "BLOCKING_SENDS",
+    "CAPTURE_FILE",
     "CONSUMED",
     "FORMAT_VERSION",
+    "KERNEL_EVENTS",
     "META_FILE",
     "OPTIONAL_TABLE_FORMATS",
     "RECEIVER_SAMPLES",
@@ -37,6 +39,8 @@ __all__ = [
     "TABLES",
     "TABLE_FORMATS",
     "TRANSPORT_SAMPLES",
+    "WIRE_EVENTS",
+    "WITNESS_TABLE_FORMATS",
     "AsyncioRecord",
     "ConfigRecord",
     "LastProgress",
@@ -47,6 +51,7 @@ __all__ = [
     "SenderProgress",
     "SenderRecord",
     "TableFormat",
+    "WitnessRecord",
 ]
 
 FORMAT_VERSION = 1
@@ -108,6 +113,13 @@ BLOCKING_SENDS = TableFormat(
         "outq_nsd_end": _F64,
         "sndbuf_end": _F64,
         "waits": _NI64,
+        # SO_MEMINFO at the same two moments: the truesize the kernel's rule counts
+        # (blocked while wmem_queued >= sk_sndbuf; woken once sk_sndbuf - wmem_queued
+        # >= wmem_queued / 2). Empty where SO_MEMINFO is unavailable.
+        "wmem_queued_start": _F64,
+        "sk_sndbuf_start": _F64,
+        "wmem_queued_end": _F64,
+        "sk_sndbuf_end": _F64,
     },
 )
 
@@ -127,6 +139,16 @@ _SAMPLE_DTYPES: dict[str, str] = {
     "sndbuf_limited_us": _F64,
     "probes": _F64,
     "backoff": _F64,
+    # SO_MEMINFO fields, in bufdemo.probes.SAMPLED_MEMINFO order (bytes of truesize;
+    # drops is a count).
+    "wmem_queued": _F64,
+    "sk_sndbuf": _F64,
+    "wmem_alloc": _F64,
+    "rmem_alloc": _F64,
+    "sk_rcvbuf": _F64,
+    "fwd_alloc": _F64,
+    "backlog": _F64,
+    "drops": _F64,
 }
 
 SENDER_SAMPLES = TableFormat("sender_samples", _SAMPLE_DTYPES)
@@ -173,6 +195,46 @@ TABLE_FORMATS: tuple[TableFormat, ...] = (
     RECEIVER_SAMPLES,
 )
 
+CAPTURE_FILE = "capture.pcap"  # `--capture`: tcpdump's own file, headers only
+
+# The witnesses' tables (`--trace`, `--capture`): present only when the witness ran,
+# so they are not in TABLE_FORMATS (which every run directory holds).
+KERNEL_EVENTS = TableFormat(
+    "kernel_events",
+    {
+        "t_ns": _I64,  # the trace's `mono` clock: CLOCK_MONOTONIC, microsecond resolution
+        "side": "string",  # sender / receiver (by the socket's cookie)
+        "event": "string",  # tcp_probe, tcp_rcvbuf_grow, tcp_send_reset, tcp_receive_reset
+        "sock_cookie": _I64,
+        "data_len": _F64,
+        # bytes since this socket's first event (sequence numbers unwrapped)
+        "snd_una": _F64,
+        "snd_nxt": _F64,
+        "snd_wnd": _F64,
+        "rcv_wnd": _F64,
+        "cwnd": _F64,  # segments
+        "ssthresh": _F64,
+        "srtt_us": _F64,
+        "rcvbuf": _F64,  # tcp_rcvbuf_grow only
+    },
+)
+
+WIRE_EVENTS = TableFormat(
+    "wire_events",
+    {
+        "t_ns": _I64,  # pcap time moved onto the run's clock (meta witnesses.capture)
+        "direction": "string",  # to_receiver (data) / to_sender (ACKs)
+        # zero_window, window_update, zero_window_probe, retransmission, fin, rst
+        "event": "string",
+        "seq": _F64,  # bytes since the sending side's initial sequence number
+        "ack": _F64,
+        "window": _F64,  # advertised window in bytes (scaled by the SYN's window scale)
+        "len": _I64,  # TCP payload bytes
+    },
+)
+
+WITNESS_TABLE_FORMATS: tuple[TableFormat, ...] = (KERNEL_EVENTS, WIRE_EVENTS)
+
 #: The same as a plain mapping: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {t.stem: dict(t.dtypes) for t in TABLE_FORMATS}
 
@@ -200,6 +262,8 @@ class ConfigRecord(TypedDict):
     plot: bool
     # [high, low] or [high, null] for the asyncio modes; null: asyncio's defaults
     write_buffer_limits: NotRequired[list[int | None] | None]
+    trace: NotRequired[bool]  # --trace
+    capture: NotRequired[bool]  # --capture
 
 
 class _SideRecord(TypedDict):
@@ -212,6 +276,7 @@ class _SideRecord(TypedDict):
     buffers: dict[str, Any]
     complete: bool
     error: str | None
+    cookie: NotRequired[int | None]  # SO_COOKIE: the socket's id in kernel_events.csv
 
 
 class AsyncioRecord(TypedDict):
@@ -276,7 +341,19 @@ class _MetaRequired(TypedDict):
     outcome: Outcome
 
 
+class WitnessRecord(TypedDict, total=False):
+    """``meta["witnesses"]["trace"|"capture"]``: whether a witness ran and what it saw."""
+
+    requested: bool
+    active: bool  # False: skipped; ``reason`` says why in one line
+    reason: str | None
+    file: str | None  # the table (or capture) it wrote
+    events: int
+    details: dict[str, Any]  # witness-specific: instance, cookies, lost events, clock offset
+
+
 class Meta(_MetaRequired, total=False):
     """``meta.json``. The keys below ``_MetaRequired`` are always written."""
 
     last_progress: LastProgress  # `bufdemo run` only
+    witnesses: dict[str, WitnessRecord]  # `bufdemo run --trace/--capture` only

@@ -258,6 +258,59 @@ say(
     ),
     (
         "md",
+        """## 8. Three witnesses agree
+
+So far the stalls are the application's story: time spent in `send()`. Two independent
+witnesses can check it. The **kernel** logs `tcp:tcp_probe` for every segment a socket
+processes (as root, in a private tracefs instance: `trace=True`); at the sender that is
+each ACK, carrying the window the receiver advertised. The **wire** is a packet
+capture (`capture=True`, with tcpdump): zero-window advertisements and window updates
+as they crossed loopback. Both are put on the run's clock. Without root or tcpdump the
+run goes on and says what it skipped.""",
+    ),
+    (
+        "code",
+        """from bufdemo.analysis import witness
+
+witnessed_result = run_experiment(
+    RunConfig(out=RUNS, plot=False, messages=6_000, recv_delay=0.001, trace=True, capture=True)
+)
+assert witnessed_result.complete, witnessed_result.reason
+for note in witnessed_result.notes:
+    say(f"*Skipped:* {note}")
+witnessed = analysis.load_run(witnessed_result.run_dir)
+cc = witness.cross_check(witnessed)
+if cc.trace or cc.wire:
+    seen = []
+    if cc.trace:
+        seen.append(f"the kernel's trace showed the receiver's window at 0 during "
+                    f"**{cc.trace_closed}**")
+    if cc.wire:
+        seen.append(f"the capture showed a zero-window advertisement during "
+                    f"**{cc.wire_closed}**")
+    both = (f"; both witnesses agree on **{cc.both_closed}**" if cc.trace and cc.wire
+            else "")
+    say(f"Of the **{cc.stalls}** stalls, " + " and ".join(seen) + both + ".")
+    counts = "\\n".join(f"- {k}: **{'n/a' if v is None else v}**" for k, v in cc.counts.items())
+    say("Zero-window *episodes*, counted four ways:\\n\\n" + counts + "\\n\\n"
+        + "\\n".join(f"- {w}" for w in cc.why))
+else:
+    say("Neither witness could run here (see the lines above): the stalls stand on the "
+        "application's record alone.")""",
+    ),
+    (
+        "code",
+        """fig = witness.sequence_figure(witnessed)
+if fig is None:
+    say("No kernel trace in this run, so no time-sequence graph.")
+else:
+    say("The time-sequence graph from the trace: bytes sent (`snd_nxt`), bytes "
+        "acknowledged (`snd_una`) and the receiver's limit (`snd_una + snd_wnd`). During a "
+        "stall (shaded) the sender sits on the limit: it has sent all the receiver allows.")
+fig""",
+    ),
+    (
+        "md",
         """## Where to go next
 
 - `bufdemo run --help`, and the same experiment with `--mode select` (the sender waits

@@ -41,6 +41,10 @@ def test_send_log_derives_durations_and_blocked_sends_from_the_blocking_log(
         outq_nsd_end=0,
         sndbuf_end=0,
         waits=1,
+        wmem_queued_start=0,
+        sk_sndbuf_start=0,
+        wmem_queued_end=0,
+        sk_sndbuf_end=0,
     )
     log.write(tmp_path / "sends.csv", blocking)
     frame = pd.read_csv(tmp_path / "sends.csv")

@@ -22,6 +22,7 @@ from bufdemo.runformat import (
     Outcome,
     ReceiverRecord,
     SenderRecord,
+    WitnessRecord,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,8 @@ def test_a_real_run_writes_exactly_the_declared_columns_in_order(
 @pytest.mark.slow
 def test_a_real_runs_meta_json_has_exactly_the_declared_keys(run_dir: Path) -> None:
     meta = json.loads((run_dir / runformat.META_FILE).read_text())
-    assert set(meta) == _keys(Meta)  # bufdemo run writes last_progress too
+    # bufdemo run writes last_progress too; witnesses only with --trace/--capture
+    assert set(meta) == _keys(Meta) - {"witnesses"}
     assert meta["format_version"] == runformat.FORMAT_VERSION
     assert set(meta["config"]) == _keys(ConfigRecord)
     assert set(meta["outcome"]) == _keys(Outcome)
@@ -90,7 +92,9 @@ def _doc_names() -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "table", TABLE_FORMATS + runformat.OPTIONAL_TABLE_FORMATS, ids=lambda t: t.stem
+    "table",
+    TABLE_FORMATS + runformat.OPTIONAL_TABLE_FORMATS + runformat.WITNESS_TABLE_FORMATS,
+    ids=lambda t: t.stem,
 )
 def test_the_document_names_every_table_and_column(table: runformat.TableFormat) -> None:
     text = DOC.read_text()
@@ -101,7 +105,16 @@ def test_the_document_names_every_table_and_column(table: runformat.TableFormat)
 
 @pytest.mark.parametrize(
     "record",
-    [Meta, Outcome, ConfigRecord, SenderRecord, ReceiverRecord, LastProgress, AsyncioRecord],
+    [
+        Meta,
+        Outcome,
+        ConfigRecord,
+        SenderRecord,
+        ReceiverRecord,
+        LastProgress,
+        AsyncioRecord,
+        WitnessRecord,
+    ],
     ids=lambda r: r.__name__,
 )
 def test_the_document_names_every_meta_json_key(record: Any) -> None:

@@ -280,7 +280,7 @@ async def _timed_drain(
     t0 = time.perf_counter_ns()
     if progress is not None:
         progress[PROGRESS_BLOCKED_SINCE] = t0
-    outq0, outq_nsd0, sndbuf0 = _probe(sock)
+    outq0, outq_nsd0, sndbuf0, wq0, sk0 = _probe(sock)
     try:
         await asyncio.wait_for(writer.drain(), cfg.timeout)
     except TimeoutError as exc:
@@ -297,7 +297,7 @@ async def _timed_drain(
         if progress is not None:
             progress[PROGRESS_BLOCKED_SINCE] = 0
     t1 = time.perf_counter_ns()
-    outq1, outq_nsd1, sndbuf1 = _probe(sock)
+    outq1, outq_nsd1, sndbuf1, wq1, sk1 = _probe(sock)
     blocking.append(
         seq=seq,
         t_start_ns=t0,
@@ -311,6 +311,10 @@ async def _timed_drain(
         outq_nsd_end=outq_nsd1,
         sndbuf_end=sndbuf1,
         waits=1,
+        wmem_queued_start=wq0,
+        sk_sndbuf_start=sk0,
+        wmem_queued_end=wq1,
+        sk_sndbuf_end=sk1,
     )
 
 
@@ -399,6 +403,7 @@ def run_asyncio_sender(
         result.t_connected_ns = time.perf_counter_ns()
         local = sock.getsockname()
         result.address = f"{local[0]}:{local[1]}"
+        result.cookie = probes.so_cookie(sock)
         start_sizes = probes.buffer_sizes(sock)
         sampler.start()
         tsampler.start()

@@ -151,6 +151,26 @@ NoPlotOpt = Annotated[
         help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
     ),
 ]
+TraceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trace",
+        metavar="",
+        help="Record the kernel's own events (tcp:tcp_probe per ACK, buffer autotuning, "
+        "resets) for the run's two sockets into kernel_events.csv, from a private tracefs "
+        "instance. Needs root; without it the run goes on and says why.",
+    ),
+]
+CaptureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--capture",
+        metavar="",
+        help="Capture the run's packets (headers only) with tcpdump into capture.pcap and "
+        "list zero windows, window updates, probes, retransmissions, FIN/RST in "
+        "wire_events.csv. Needs tcpdump and root; without them the run goes on and says why.",
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -201,6 +221,8 @@ def run(
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
     write_buffer_limits: WriteLimitsOpt = None,
+    trace: TraceOpt = False,
+    capture: CaptureOpt = False,
 ) -> int:
     """Run the experiment on loopback: a receiver process that spends --recv-delay on each
     message and a sender process that pushes --messages as fast as the kernel accepts
@@ -222,6 +244,8 @@ def run(
         sample_interval=sample_interval,
         timeout=timeout,
         **_write_limits_setting(write_buffer_limits),
+        trace=trace,
+        capture=capture,
     )
     latest: list[Progress | None] = [None]
 
@@ -256,6 +280,8 @@ def run(
         )
     with _display(read, shown, cfg.mode):
         result = run_experiment(cfg, on_progress, run_dir=run_dir)
+    for note in result.notes:  # a witness skipped or degraded: one line each, and why
+        one_line(note)
     return _finish_run(result.run_dir, cfg.plot, as_json, result.reason, result.interrupted)
 
 
@@ -278,6 +304,7 @@ def _finish_run(
         out.print_json(data=summary)
     else:
         _print_summary(summary, run_dir, figures)
+        _print_witnesses(run_data)
     if interrupted:
         one_line(f"interrupted: partial run kept in {run_dir}")
         return 130
@@ -342,6 +369,14 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) 
         if path.suffix == ".png":
             _say(f"plot: {path}")
     _say(f"run directory: {run_dir}")
+
+
+def _print_witnesses(run_data: Any) -> None:
+    """The cross-check of the witnesses (--trace, --capture), if the run had any."""
+    from bufdemo.analysis import witness
+
+    for line in witness.report_lines(witness.cross_check(run_data)):
+        _say(line)
 
 
 # -- the two halves by hand ------------------------------------------------------------
@@ -587,7 +622,9 @@ def report(
     if as_json:
         out.print_json(data=summary)
     else:
+        run_data = analysis.load_run(run_dir)
         _print_summary(summary, run_dir, [])
+        _print_witnesses(run_data)
     return 0
 
 

@@ -116,6 +116,10 @@ class RunConfig:
     timeout: float | None = None
     out: Path = Path("runs")
     plot: bool = True
+    # The witnesses (bufdemo.experiment.tracing, bufdemo.experiment.capture): off by
+    # default, they need root/tracefs and tcpdump; where missing, the run goes on.
+    trace: bool = False
+    capture: bool = False
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
     # (high, low) for transport.set_write_buffer_limits in the asyncio modes; low None:
     # asyncio's own rule (high / 4). None: asyncio's defaults (64 KiB, 16 KiB).
@@ -147,6 +151,9 @@ class RunConfig:
             _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
         if self.write_buffer_limits is not None:
             self._check_write_buffer_limits(self.write_buffer_limits)
+        for setting, flag in (("trace", self.trace), ("capture", self.capture)):
+            if not isinstance(flag, bool):
+                raise ConfigError(setting, f"must be true or false, got {flag!r}")
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
 
@@ -180,4 +187,6 @@ class RunConfig:
             "write_buffer_limits": (
                 None if self.write_buffer_limits is None else list(self.write_buffer_limits)
             ),
+            "trace": self.trace,
+            "capture": self.capture,
         }

@@ -74,6 +74,7 @@ class ReceiverResult:
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
+    cookie: int | None = None  # SO_COOKIE of the connected socket (the trace's id)
 
     def as_dict(self) -> ReceiverRecord:
         """The receiver's record in meta.json (and receiver.json)."""
@@ -93,6 +94,7 @@ class ReceiverResult:
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
+            "cookie": self.cookie,
         }
 
 
@@ -292,6 +294,7 @@ def run_receiver(
         result.t_connected_ns = time.perf_counter_ns()
         peer = conn.getpeername()
         result.peer = f"{peer[0]}:{peer[1]}"
+        result.cookie = probes.so_cookie(conn)
         result.messages_expected = hello.messages
         if cfg.timeout is not None:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(cfg.timeout))

@@ -86,6 +86,8 @@ CONSUMED_COLUMNS = runformat.CONSUMED.columns
 # Where SendLog finds what it derives from a blocking-send row.
 _BLOCKED_SEQ = BLOCKING_COLUMNS.index("seq")
 _BLOCKED_ACCEPTED = BLOCKING_COLUMNS.index("accepted_first")
+# The sample columns that hold probes.SAMPLED_MEMINFO, in that order.
+_MEMINFO_COLUMNS = SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("wmem_queued") :][:8]
 # The array typecode that holds each integer dtype of the format.
 _TYPECODES = {"int8": "b", "int32": "i", "int64": "q"}
 
@@ -384,6 +386,9 @@ class Sampler(threading.Thread):
         info = self._tcp_info()
         for i, name in enumerate(probes.SAMPLED_TCP_INFO):
             c[name].append(MISSING if info is None else _or_missing(info[i]))
+        mem = probes.sk_meminfo(sock)
+        for name, field in zip(_MEMINFO_COLUMNS, probes.SAMPLED_MEMINFO, strict=True):
+            c[name].append(MISSING if mem is None else mem[field])
         if self._progress is not None:
             self._progress[PROGRESS_COUNT] = count
             self._progress[PROGRESS_OUTQ] = _or_missing(outq)

@@ -63,6 +63,7 @@ from bufdemo.runformat import (
     Meta,
     ReceiverRecord,
     SenderRecord,
+    WitnessRecord,
 )
 from bufdemo.signals import EXIT_INTERRUPTED, StopSignals, blocked, stop_when_orphaned, unblock
 
@@ -106,6 +107,8 @@ class RunResult:
     complete: bool
     reason: str | None
     interrupted: bool = False
+    # One line per witness (--trace/--capture) skipped or degraded, and why.
+    notes: tuple[str, ...] = ()
 
 
 def check_out_dir(out: Path) -> None:
@@ -333,6 +336,7 @@ def write_meta(
     complete: bool,
     reason: str | None,
     last_progress: LastProgress | None = None,
+    witnesses: dict[str, WitnessRecord] | None = None,
 ) -> Meta:
     """Write ``meta.json`` (:class:`bufdemo.runformat.Meta`) atomically; return it."""
     t0 = (sender["t_connected_ns"] if sender else None) or (
@@ -352,6 +356,8 @@ def write_meta(
     }
     if last_progress is not None:
         meta["last_progress"] = last_progress
+    if witnesses:
+        meta["witnesses"] = witnesses
     path = run_dir / runformat.META_FILE
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -405,7 +411,11 @@ def run_experiment(
     survivor: str | None = None  # the side stopped by us after the other one failed
     t_start = time.monotonic()
     grace = GRACE + cfg.messages * WRITE_SECONDS_PER_ROW
-    with StopSignals() as interrupts:
+    from bufdemo.experiment.witnesses import Witnesses
+
+    witnesses = Witnesses(cfg, run_dir)
+    with StopSignals() as interrupts, contextlib.ExitStack() as cleanup:
+        cleanup.callback(witnesses.close)  # every exit path: tcpdump stopped, instance gone
         try:
             ready_recv, ready_send = ctx.Pipe(duplex=False)
             try:
@@ -424,6 +434,7 @@ def run_experiment(
             if isinstance(address, str):
                 failure = address
             else:
+                witnesses.start(address.port)  # before the sender connects: SYN recorded
                 sender = ctx.Process(
                     target=_sender_child,
                     args=(cfg, address, run_dir, send_progress),
@@ -446,6 +457,7 @@ def run_experiment(
             failure=failure,
             interrupted=interrupted or interrupts.count > 0,
             survivor=survivor,
+            witnesses=witnesses,
         )
 
 
@@ -473,6 +485,7 @@ def _conclude(
     failure: str | None,
     interrupted: bool,
     survivor: str | None = None,
+    witnesses: Any = None,
 ) -> RunResult:
     """Merge both sides' records into meta.json and say whether the run is complete."""
     after = probes.netstat_counters()
@@ -508,6 +521,8 @@ def _conclude(
     )
     reason = "; ".join(reasons) if reasons else (None if complete else "a side did not finish")
     progress = {role: prog for role, _, prog in sides}
+    if witnesses is not None:
+        witnesses.finish(send_rec, recv_rec)
     write_meta(
         run_dir,
         cfg,
@@ -517,8 +532,10 @@ def _conclude(
         complete=complete,
         reason=reason,
         last_progress=_last_progress(progress["sender"], progress["receiver"]),
+        witnesses=witnesses.records if witnesses is not None else None,
     )
-    return RunResult(run_dir, complete, reason, interrupted)
+    notes = tuple(witnesses.notes) if witnesses is not None else ()
+    return RunResult(run_dir, complete, reason, interrupted, notes)
 
 
 def _last_progress(send_progress: Any, recv_progress: Any) -> LastProgress:

@@ -59,6 +59,7 @@ class SenderResult:
     complete: bool = False
     error: str | None = None
     asyncio: AsyncioRecord | None = None  # the asyncio modes' transport record
+    cookie: int | None = None  # SO_COOKIE of the connected socket (the trace's id)
 
     def as_dict(self) -> SenderRecord:
         """The sender's record in meta.json (and sender.json)."""
@@ -73,6 +74,7 @@ class SenderResult:
             "complete": self.complete,
             "error": self.error,
             "asyncio": self.asyncio,
+            "cookie": self.cookie,
         }
 
 
@@ -109,14 +111,25 @@ def connect(cfg: RunConfig, to: Address) -> socket.socket:
     return sock
 
 
-def _probe(sock: socket.socket) -> tuple[int, int, int]:
+def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
     def val(v: int | None) -> int:
         return -1 if v is None else v
 
-    return (
+    # SO_MEMINFO after the probes that were there first: their timing stays as it was.
+    # An ACK that arrives in between frees truesize; with a slow receiver (its window
+    # closed) none does.
+    outq, outq_nsd, sndbuf = (
         val(probes.queue_out(sock)),
         val(probes.queue_out_unsent(sock)),
         val(probes.buffer_sizes(sock).sndbuf),
+    )
+    mem = probes.sk_meminfo(sock)
+    return (
+        outq,
+        outq_nsd,
+        sndbuf,
+        -1 if mem is None else mem["wmem_queued"],
+        -1 if mem is None else mem["sndbuf"],
     )
 
 
@@ -179,7 +192,7 @@ def send_loop(
                         t0 = now()
                         if progress is not None:
                             progress[PROGRESS_BLOCKED_SINCE] = t0
-                        outq0, outq_nsd0, sndbuf0 = _probe(sock)
+                        outq0, outq_nsd0, sndbuf0, wq0, sk0 = _probe(sock)
                         if sampler is not None:
                             sampler.resume()
                         try:
@@ -190,7 +203,7 @@ def send_loop(
                             if progress is not None:
                                 progress[PROGRESS_BLOCKED_SINCE] = 0
                         t1 = now()
-                        outq1, outq_nsd1, sndbuf1 = _probe(sock)
+                        outq1, outq_nsd1, sndbuf1, wq1, sk1 = _probe(sock)
                         blocking.append(
                             seq=seq,
                             t_start_ns=t0,
@@ -204,6 +217,10 @@ def send_loop(
                             outq_nsd_end=outq_nsd1,
                             sndbuf_end=sndbuf1,
                             waits=waits,
+                            wmem_queued_start=wq0,
+                            sk_sndbuf_start=sk0,
+                            wmem_queued_end=wq1,
+                            sk_sndbuf_end=sk1,
                         )
                     stamp(now())
             finally:
@@ -315,6 +332,7 @@ def run_sender(
         result.t_connected_ns = time.perf_counter_ns()
         local = sock.getsockname()
         result.address = f"{local[0]}:{local[1]}"
+        result.cookie = probes.so_cookie(sock)
         start_sizes = probes.buffer_sizes(sock)
         sampler.start()
         try:
