@@ -28,13 +28,17 @@ __all__ = [
     "BLOCKING_SENDS",
     "CONSUMED",
     "FORMAT_VERSION",
+    "LATENCY",
     "META_FILE",
+    "OPTIONAL_TABLE_FORMATS",
     "RECEIVER_SAMPLES",
     "SENDER_SAMPLES",
     "SENDS",
     "SIDE_RECORD_FILES",
+    "SWEEP",
     "TABLES",
     "TABLE_FORMATS",
+    "TX_TIMESTAMPS",
     "ConfigRecord",
     "LastProgress",
     "Meta",
@@ -150,6 +154,63 @@ TABLE_FORMATS: tuple[TableFormat, ...] = (
     RECEIVER_SAMPLES,
 )
 
+# Written by the sender when the kernel gives transmit timestamps (SO_TIMESTAMPING, see
+# bufdemo.experiment.txstamps); absent otherwise, and in runs of older versions.
+TX_TIMESTAMPS = TableFormat(
+    "tx_timestamps",
+    {
+        "kind": "int8",  # 0 SND (sent), 1 SCHED (scheduled), 2 ACK (acknowledged)
+        "offset": _I64,  # the skb's last byte, from the first message byte
+        "t_ns": _I64,
+    },
+)
+
+# Derived from the tables by bufdemo.analysis.latency (written by `bufdemo report`,
+# `bufdemo run`): per message, where its time went. Seconds; empty = unknown.
+LATENCY = TableFormat(
+    "latency",
+    {
+        "seq": _I64,
+        "t_handed_ns": _I64,
+        "queued_in_send_buffer": _F64,
+        "in_flight_until_ack": _F64,
+        "waiting_in_receive_queue": _F64,
+        "service": _F64,
+        "end_to_end": _F64,
+    },
+)
+
+#: Tables a run directory may hold besides TABLE_FORMATS: read by their own readers.
+OPTIONAL_TABLE_FORMATS: tuple[TableFormat, ...] = (TX_TIMESTAMPS, LATENCY)
+
+# `bufdemo sweep` writes sweep.csv (and the same rows as sweep.json) in the sweep
+# directory; `bufdemo compare --json` prints the same columns. One row per run.
+SWEEP = TableFormat(
+    "sweep",
+    {
+        "value": "object",  # the swept value as typed ("auto" for a kernel default)
+        "run": "object",  # the run directory's name
+        "mode": "object",
+        "size": _NI64,
+        "recv_delay": _F64,
+        "sndbuf": _NI64,  # requested; empty: autotuning
+        "rcvbuf": _NI64,
+        "send_rate": _F64,  # empty: unpaced
+        "notsent_lowat": _NI64,  # empty: unset
+        "blocking_sends": _NI64,
+        "stall_seconds": _F64,
+        "throughput_msgs_per_s": _F64,
+        "latency_p50_seconds": _F64,
+        "latency_p99_seconds": _F64,
+        "max_send_queue_bytes": _F64,
+        "max_unsent_bytes": _F64,
+        "max_recv_queue_bytes": _F64,
+        "sndbuf_granted": _NI64,
+        "rcvbuf_granted": _NI64,
+        "complete": "boolean",
+    },
+)
+
 #: The same as a plain mapping: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {t.stem: dict(t.dtypes) for t in TABLE_FORMATS}
 
@@ -175,6 +236,8 @@ class ConfigRecord(TypedDict):
     timeout: float | None
     out: str
     plot: bool
+    send_rate: float | None  # messages/s the sender is paced at; None: as fast as it can
+    notsent_lowat: int | None  # TCP_NOTSENT_LOWAT requested; None: the host's default
 
 
 class _SideRecord(TypedDict):
@@ -193,6 +256,9 @@ class SenderRecord(_SideRecord):
     """``meta["sender"]``: the sender's own record (``SenderResult.as_dict()``)."""
 
     blocking_sends: int
+    notsent_lowat: int | None  # getsockopt(TCP_NOTSENT_LOWAT) after setting it; None: unset
+    # {"enabled", "reason", "notifications", ...}: SO_TIMESTAMPING, or why it is off
+    timestamping: dict[str, Any] | None
 
 
 class ReceiverRecord(_SideRecord):

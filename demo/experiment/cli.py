@@ -138,6 +138,24 @@ NoPlotOpt = Annotated[
         help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
     ),
 ]
+SendRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--send-rate",
+        metavar="MSGS_PER_S",
+        help="Pace the sender at this many messages a second (slots of 1/MSGS_PER_S, no "
+        "drift, like the receiver; iperf3 -b). Unset: as fast as the kernel accepts them.",
+    ),
+]
+NotsentLowatOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--notsent-lowat",
+        metavar="BYTES",
+        help="setsockopt(TCP_NOTSENT_LOWAT) on the sender's socket: send() and select() "
+        "wait while more than BYTES are queued unsent. Unset: the host's default (off).",
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -187,6 +205,8 @@ def run(
     as_json: Annotated[bool, _json_option("only the summary (summary.json)")] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
+    send_rate: SendRateOpt = None,
+    notsent_lowat: NotsentLowatOpt = None,
 ) -> int:
     """Run the experiment on loopback: a receiver process that spends --recv-delay on each
     message and a sender process that pushes --messages as fast as the kernel accepts
@@ -207,6 +227,8 @@ def run(
         plot=not no_plot,
         sample_interval=sample_interval,
         timeout=timeout,
+        send_rate=send_rate,
+        notsent_lowat=notsent_lowat,
     )
     latest: list[Progress | None] = [None]
 
@@ -460,6 +482,8 @@ def send(
     ] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
+    send_rate: SendRateOpt = None,
+    notsent_lowat: NotsentLowatOpt = None,
 ) -> int:
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables in a run
@@ -479,6 +503,8 @@ def send(
         out=out_dir,
         sample_interval=sample_interval,
         timeout=timeout,
+        send_rate=send_rate,
+        notsent_lowat=notsent_lowat,
         **_token_setting(token_bytes),
     )
     check_out_dir(cfg.out)

@@ -46,6 +46,11 @@ MAX_RECV_DELAY = 10.0  # seconds per message; more is a mistake, not an experime
 MAX_BUFFER = 1 << 30  # the kernel clamps to wmem_max/rmem_max anyway; this catches typos
 MIN_SAMPLE_INTERVAL = 0.0001  # below this the sampler thread would compete with the loop
 MAX_TIMEOUT = 7 * 24 * 3600.0
+# A paced sender waits for each slot (sleep, then spin); beyond ~1 M msgs/s the slot is
+# shorter than one send and the pace is the loop's own: no longer a rate, a typo.
+MAX_SEND_RATE = 1_000_000.0
+# TCP_NOTSENT_LOWAT is an int in the kernel; above 1 GiB it is as good as unset.
+MAX_NOTSENT_LOWAT = 1 << 30
 
 
 class Mode(StrEnum):
@@ -90,6 +95,11 @@ class RunConfig:
     out: Path = Path("runs")
     plot: bool = True
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
+    # Messages per second the sender is paced at (slots of 1/rate, no drift; the
+    # receiver's pacer); None: as fast as the kernel accepts them.
+    send_rate: float | None = None
+    # TCP_NOTSENT_LOWAT on the sender's socket, bytes; None: the host's default (off).
+    notsent_lowat: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("messages", self.messages, 1, MAX_MESSAGES)
@@ -115,6 +125,10 @@ class RunConfig:
         )
         if self.timeout is not None:
             _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
+        if self.send_rate is not None:
+            _check_float("send_rate", self.send_rate, 0.0, MAX_SEND_RATE, low_open=True)
+        if self.notsent_lowat is not None:
+            _check_int("notsent_lowat", self.notsent_lowat, 1, MAX_NOTSENT_LOWAT)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
 
@@ -132,4 +146,6 @@ class RunConfig:
             "timeout": self.timeout,
             "out": str(self.out),
             "plot": self.plot,
+            "send_rate": self.send_rate,
+            "notsent_lowat": self.notsent_lowat,
         }
