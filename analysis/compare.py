@@ -118,7 +118,9 @@ def _label(metric: str) -> str:
     return f"{title} ({unit})" if unit else title
 
 
-def plot_metric(ax: Axes, table: pd.DataFrame, x: str, metric: str) -> list[Artist]:
+def plot_metric(
+    ax: Axes, table: pd.DataFrame, x: str, metric: str, xlabel: str | None = None
+) -> list[Artist]:
     """``metric`` against column ``x`` (numbers on a log axis when they span 10x;
     anything else, e.g. a mode or ``auto``, as categories in the table's order)."""
     xs = pd.to_numeric(table[x], errors="coerce")
@@ -134,14 +136,18 @@ def plot_metric(ax: Axes, table: pd.DataFrame, x: str, metric: str) -> list[Arti
         labels = ["auto" if v is None or v != v else str(v) for v in table[x]]
         artists = list(ax.plot(range(len(labels)), ys, marker="o", color="tab:blue"))
         ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel(x)
+    ax.set_xlabel(xlabel or x)
     ax.set_ylabel(_label(metric))
     ax.grid(True, alpha=0.3)
     return artists
 
 
 def sweep_figure(
-    table: pd.DataFrame, x: str, metrics: Sequence[str] | None = None, title: str = ""
+    table: pd.DataFrame,
+    x: str,
+    metrics: Sequence[str] | None = None,
+    title: str = "",
+    xlabel: str | None = None,
 ) -> Figure:
     """One panel per metric, each against the swept setting ``x``."""
     metrics = list(metrics or METRICS)
@@ -150,7 +156,7 @@ def sweep_figure(
     fig = Figure(figsize=(5.0 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, metric in zip(axes, metrics, strict=False):
-        plot_metric(ax, table, x, metric)
+        plot_metric(ax, table, x, metric, xlabel)
         ax.set_title(METRICS[metric][0])
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
