@@ -7,14 +7,22 @@ A message's life on one host, every time on CLOCK_MONOTONIC:
     ACK        the ACK covering its last byte came back (tx_timestamps.csv)
     start/end  the receiver's service of it (consumed.csv)
 
-and its latency splits into five parts that add up (up to the clock conversion of the
-kernel's timestamps, a microsecond):
+and its latency splits into four parts that add up to the fifth (up to the clock
+conversion of the kernel's timestamps, a microsecond):
 
     queued_in_send_buffer    = SND - handed        unsent, behind the rest of the queue
     in_flight_until_ack      = ACK - SND           on the wire (loopback: microseconds)
     waiting_in_receive_queue = start - ACK         arrived, not yet read by the receiver
     service                  = end - start         the receiver's work (--recv-delay)
     end_to_end               = end - handed        the sum: what the application sees
+
+The ACK stands for the message's arrival in the receive queue. An idle receiver delays
+its ACKs (up to 40 ms): an ACK later than the service start is capped there (the
+message had arrived), so the parts stay in order and add up.
+
+"handed" is when the send call *returned*; on loopback an unblocked message is often
+sent during the call, so ``queued_in_send_buffer`` can be slightly negative (by the
+call's own duration, or by a scheduling delay on a busy machine).
 
 The kernel stamps one skb, not one send (docs/run-format.md, tx_timestamps.csv): the
 time a stage reached a message is that of the first report of the stage whose offset
@@ -146,6 +154,8 @@ def decompose(
     if stamps is not None and not stamps.empty:
         last_byte = (seq + 1) * size - 1
         snd, ack = stage_times(stamps, SND, last_byte), stage_times(stamps, ACK, last_byte)
+        # A delayed ACK may come after the receiver began on the message: it had arrived.
+        ack = np.where(ack > start, start, ack)
     else:
         snd, ack = nan, nan
     parts = {

@@ -256,6 +256,7 @@ class SenderRecord(_SideRecord):
     """``meta["sender"]``: the sender's own record (``SenderResult.as_dict()``)."""
 
     blocking_sends: int
+    nodelay: bool  # TCP_NODELAY set (a paced sender sets it)
     notsent_lowat: int | None  # getsockopt(TCP_NOTSENT_LOWAT) after setting it; None: unset
     # {"enabled", "reason", "notifications", ...}: SO_TIMESTAMPING, or why it is off
     timestamping: dict[str, Any] | None

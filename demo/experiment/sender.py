@@ -15,6 +15,9 @@ With ``--send-rate R`` the sender is paced: message i may not be handed over bef
 slot's start, by the receiver's no-drift rule (:class:`~bufdemo.experiment.pacing.Pacer`,
 slots of 1/R from when sending began); it sleeps, then spins, until then. A message
 late for its slot (a wait in the kernel) goes at once and is not made up by a burst.
+A paced sender sets TCP_NODELAY: its writes are small and spaced out, and Nagle's rule
+would hold each one until the previous one is ACKed, which an idle receiver delays by
+up to 40 ms (delayed ACK). An unpaced sender fills whole segments; Nagle is moot there.
 ``--notsent-lowat`` sets TCP_NOTSENT_LOWAT on the socket; both modes wait on it (the
 kernel's ``tcp_stream_memory_free``). Transmit timestamps (SO_TIMESTAMPING) are asked
 for right after connect() and read by a thread (:mod:`bufdemo.experiment.txstamps`).
@@ -65,6 +68,7 @@ class SenderResult:
     t_done_ns: int | None = None
     messages: int = 0
     blocking_sends: int = 0
+    nodelay: bool = False
     notsent_lowat: int | None = None
     timestamping: dict[str, Any] | None = None
     buffers: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +84,7 @@ class SenderResult:
             "t_done_ns": self.t_done_ns,
             "messages": self.messages,
             "blocking_sends": self.blocking_sends,
+            "nodelay": self.nodelay,
             "notsent_lowat": self.notsent_lowat,
             "timestamping": self.timestamping,
             "buffers": self.buffers,
@@ -348,12 +353,15 @@ def run_sender(
         except BaseException:
             sock.close()
             raise
-    if cfg.notsent_lowat is not None:
-        try:
+    try:
+        if cfg.notsent_lowat is not None:
             result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
-        except BaseException:
-            sock.close()
-            raise
+        if cfg.send_rate is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result.nodelay = True
+    except BaseException:
+        sock.close()
+        raise
     # Asked for before the hello: the offsets then count from the stream's first byte.
     stamp_reason = txstamps.enable(sock)
     stamp_reader: txstamps.TxStampReader | None = None

@@ -220,7 +220,7 @@ def sweep(
         on_run=on_run,
         on_progress=on_progress,
         around=around,
-        plot=not no_plot,
+        plot=True,  # the sweep's own plot; --no-plot spares each run's figures
     )
     sweep_json = result.sweep_dir / "sweep.json"
     records = json.loads(sweep_json.read_text()) if result.files else []
