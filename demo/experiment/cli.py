@@ -328,6 +328,33 @@ SUMMARY_ROWS = (
 )
 
 
+def _print_latency(latency: dict[str, Any] | None) -> None:
+    """summary.json's latency: p50/p99/max of end-to-end and of each part, in ms."""
+    if not latency:
+        return
+    table = Table(title="latency per message (ms)", title_justify="left")
+    for column in ("", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key in (
+        "end_to_end",
+        "queued_in_send_buffer",
+        "in_flight_until_ack",
+        "waiting_in_receive_queue",
+        "service",
+    ):
+        stats = latency.get(key) or {}
+        table.add_row(
+            key.replace("_", " "),
+            *(
+                _fmt(None if stats.get(q) is None else stats[q] * 1e3)
+                for q in ("p50", "p99", "max")
+            ),
+        )
+    out.print(table)
+    if latency.get("timestamping"):
+        out.print(f"[yellow]note:[/] no transmit timestamps: {escape(latency['timestamping'])}")
+
+
 def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) -> None:
     """The summary as a table on stdout, with its notes (part of the summary, as in
     --json), the figures and the run directory."""
@@ -343,6 +370,7 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) 
             shown = "auto" if value is None and key.endswith("_requested") else _fmt(value)
             table.add_row(label, shown, unit)
     out.print(table)
+    _print_latency(summary.get("latency"))
     for note in summary.get("notes", []):
         out.print(f"[yellow]note:[/] {escape(note)}")
     for path in figures:
