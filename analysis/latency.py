@@ -21,8 +21,8 @@ its ACKs (up to 40 ms): an ACK later than the service start is capped there (the
 message had arrived), so the parts stay in order and add up.
 
 "handed" is when the send call *returned*; on loopback an unblocked message is often
-sent during the call, so ``queued_in_send_buffer`` can be slightly negative (by the
-call's own duration, or by a scheduling delay on a busy machine).
+sent during the call (its SND stamp is earlier by the call's own duration): it counts
+as sent when handed, ``queued_in_send_buffer`` 0, never negative.
 
 The kernel stamps one skb, not one send (docs/run-format.md, tx_timestamps.csv): the
 time a stage reached a message is that of the first report of the stage whose offset
@@ -154,7 +154,10 @@ def decompose(
     if stamps is not None and not stamps.empty:
         last_byte = (seq + 1) * size - 1
         snd, ack = stage_times(stamps, SND, last_byte), stage_times(stamps, ACK, last_byte)
+        # Sent during the send call itself: not queued at all (not "before handed").
+        snd = np.where(snd < handed, handed, snd)
         # A delayed ACK may come after the receiver began on the message: it had arrived.
+        ack = np.where(ack < snd, snd, ack)
         ack = np.where(ack > start, start, ack)
     else:
         snd, ack = nan, nan

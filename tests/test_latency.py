@@ -76,6 +76,17 @@ def test_decompose_splits_end_to_end_into_parts_that_add_up() -> None:
     assert np.allclose(parts, frame["end_to_end"])
 
 
+def test_a_message_sent_during_its_send_call_was_not_queued_and_parts_still_add_up() -> None:
+    sends = pd.DataFrame({"seq": [0], "t_ns": [5 * MS]})
+    stamps = _stamps([(0, 99, 4 * MS), (2, 99, 40 * MS)])  # a delayed ACK, after service began
+    consumed = pd.DataFrame({"seq": [0], "t_start_ns": [6 * MS], "t_end_ns": [7 * MS]})
+    row = decompose(sends, consumed, 100, stamps).iloc[0]
+    assert row["queued_in_send_buffer"] == 0
+    assert row["in_flight_until_ack"] == pytest.approx(0.001)  # capped at the service start
+    assert row["waiting_in_receive_queue"] == 0
+    assert row["end_to_end"] == pytest.approx(0.002)
+
+
 def test_without_timestamps_the_kernel_parts_are_unknown_and_end_to_end_is_there() -> None:
     sends = pd.DataFrame({"seq": [0, 1, 2], "t_ns": [0, MS, 2 * MS]})
     consumed = pd.DataFrame(
