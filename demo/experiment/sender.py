@@ -13,8 +13,11 @@ What a *blocking send* is, exactly (no duration threshold, no guessing):
 
 With ``--send-rate R`` the sender is paced: message i may not be handed over before its
 slot's start, by the receiver's no-drift rule (:class:`~bufdemo.experiment.pacing.Pacer`,
-slots of 1/R from when sending began); it sleeps, then spins, until then. A message
-late for its slot (a wait in the kernel) goes at once and is not made up by a burst.
+slots of 1/R from when sending began; every message counts as waiting, like the
+receiver's backlog, so slot i starts at exactly ``i/R``); it sleeps, then spins, until
+then. A message late for its slot (a busy machine, a wait in the kernel) goes at once,
+and those behind it follow until the pace is caught up: the sender offers R messages a
+second on average, as an application producing them at that rate would (iperf3 -b).
 A paced sender sets TCP_NODELAY: its writes are small and spaced out, and Nagle's rule
 would hold each one until the previous one is ACKed, which an idle receiver delays by
 up to 40 ms (delayed ACK). An unpaced sender fills whole segments; Nagle is moot there.
@@ -44,7 +47,7 @@ from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import Mode, RunConfig
-from bufdemo.experiment.pacing import Pacer
+from bufdemo.experiment.pacing import WAITING, Pacer
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
     PROGRESS_BLOCKING,
@@ -257,7 +260,7 @@ SPIN_NS = 200_000
 def _wait_for_slot(pacer: Pacer, sampler: Sampler | None) -> None:
     """Wait until the next message's slot starts (its start: max(previous end, now))."""
     now = time.perf_counter_ns
-    pacer.pace(now())
+    pacer.pace(WAITING)  # the next message is always ready: slot i starts at i/R
     start = pacer.start_ns
     remaining = start - now()
     if remaining > SPIN_NS:
