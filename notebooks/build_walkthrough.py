@@ -282,7 +282,7 @@ parts = [
 say(
     f"Median end-to-end latency **{lat['end_to_end']['p50']:.2f} s** "
     f"(p99 {lat['end_to_end']['p99']:.2f} s) for a receiver that spends 0.5 ms on a "
-    f"message. Where it went:\n\n" + "\n".join(parts) + "\n\n"
+    f"message. Where it went:\\n\\n" + "\\n".join(parts) + "\\n\\n"
     + (f"{lat['send_buffer_share']:.0%} of all the latency was spent in the sender's send "
        "buffer. " if lat["send_buffer_share"] is not None else
        f"(No transmit timestamps here: {lat['timestamping']}.) ")
@@ -323,7 +323,7 @@ rows = [
     f"{row.throughput_msgs_per_s:,.0f} msg/s"
     for row in knee.itertuples()
 ]
-say("Against a receiver serving 1,000 msg/s:\n\n" + "\n".join(rows))""",
+say("Against a receiver serving 1,000 msg/s:\\n\\n" + "\\n".join(rows))""",
     ),
     (
         "md",
