@@ -325,3 +325,23 @@ def test_compare_two_runs_writes_the_table_and_the_figures(
     assert table["value"].tolist() == ["3000"]
     sweep_figure(table, "value")
     timelines_figure({"a": run})
+
+
+def test_a_sweep_writes_one_run_per_value_and_the_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["sweep", "send-rate=3000,off", "-n", "200", "-d", "0", "--no-plot", "--json"]
+    code = main([*argv, "-o", str(tmp_path)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    (sweep_dir,) = tmp_path.iterdir()
+    assert report["sweep_dir"] == str(sweep_dir)
+    assert [row["value"] for row in report["runs"]] == ["3000", "off"]
+    assert [row["send_rate"] for row in report["runs"]] == [3000, None]
+    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    assert all((r / "meta.json").is_file() and (r / "latency.csv").is_file() for r in runs)
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert tuple(table.columns) == runformat.SWEEP.columns
+    assert (sweep_dir / "sweep.png").is_file()
+    assert (sweep_dir / "sweep.svg").is_file()
