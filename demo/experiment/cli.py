@@ -135,7 +135,7 @@ NoPlotOpt = Annotated[
     typer.Option(
         "--no-plot",
         metavar="",
-        help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
+        help="Do not draw the timeline, zoom and latency figures (bufdemo plot RUN draws them).",
     ),
 ]
 SendRateOpt = Annotated[
@@ -596,7 +596,7 @@ RunArg = Annotated[
 
 
 def plot(run_dir: RunArg) -> int:
-    """Redraw timeline.png/.svg and zoom.png/.svg in a run directory: the plots
+    """Redraw timeline, zoom and latency .png/.svg in a run directory: the plots
     `bufdemo run` draws unless --no-plot. Prints the files written."""
     from bufdemo import analysis
 
