@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from bufdemo.console import err, one_line, out
@@ -51,8 +52,8 @@ def _list_opt(flag: str, what: str, *short: str) -> Any:
 # Columns of the printed table: runformat.SWEEP column -> (title, scale, format).
 SHOWN = (
     ("value", "value", None, "{}"),
-    ("blocking_sends", "blocking", None, "{:,.0f}"),
-    ("stall_seconds", "blocked s", None, "{:,.2f}"),
+    ("blocking_sends", "stalls", None, "{:,.0f}"),
+    ("stall_seconds", "wait s", None, "{:,.2f}"),
     ("throughput_msgs_per_s", "msg/s", None, "{:,.0f}"),
     ("latency_p50_seconds", "p50 ms", 1e3, "{:,.1f}"),
     ("latency_p99_seconds", "p99 ms", 1e3, "{:,.1f}"),
@@ -65,7 +66,7 @@ SHOWN = (
 
 
 CAPTION = (
-    "blocking: blocking sends; blocked: time the sender waited; p50/p99: end-to-end "
+    "stalls: blocking sends; wait: time the sender was blocked; p50/p99: end-to-end "
     "latency; peaks: SIOCOUTQ, SIOCOUTQNSD, SIOCINQ"
 )
 
@@ -82,9 +83,15 @@ def _cell(value: Any, scale: float | None, fmt: str) -> str:
 
 
 def print_table(records: list[dict[str, Any]], title: str, first: str = "value") -> None:
-    table = Table(title=title, title_justify="left", caption=CAPTION, caption_justify="left")
-    for key, label, _, _ in SHOWN:
-        table.add_column(label if key != "value" else first, justify="right")
+    table = Table(
+        title=f"{title} (first column: {first})",
+        title_justify="left",
+        caption=CAPTION,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules: nine columns fit in 80
+    )
+    for _, label, _, _ in SHOWN:
+        table.add_column(label, justify="right")
     for row in records:
         table.add_row(*(_cell(row.get(k), s, f) for k, _, s, f in SHOWN))
     out.print(table)
@@ -300,7 +307,10 @@ def compare(
     if as_json:
         out.print_json(data={"runs": records})
     else:
-        print_table(records, "bufdemo compare", first="run")
+        numbered = [{**row, "value": i} for i, row in enumerate(records, start=1)]
+        print_table(numbered, "bufdemo compare", first="run number")
+        for i, path in enumerate(run_dirs, start=1):
+            _say(f"{i}: {path}")
         for path in written:
             _say(f"wrote {path}")
     return 0
