@@ -345,3 +345,22 @@ def test_a_sweep_writes_one_run_per_value_and_the_comparison(
     assert tuple(table.columns) == runformat.SWEEP.columns
     assert (sweep_dir / "sweep.png").is_file()
     assert (sweep_dir / "sweep.svg").is_file()
+
+
+LOOPBACK_SEGMENT = 65536  # the kernel checks the mark per skb: up to one segment beyond it
+
+
+@pytest.mark.parametrize("mode", ["blocking", "select"])
+def test_notsent_lowat_caps_the_unsent_bytes_in_every_mode(mode: str, tmp_path: Path) -> None:
+    cfg = RunConfig(
+        messages=3000, recv_delay=0.0002, mode=mode, notsent_lowat=16384, out=tmp_path, plot=False
+    )
+    result = bufdemo.run_experiment(cfg)
+    assert result.complete, result.reason
+    samples = pd.read_csv(result.run_dir / "sender_samples.csv")
+    unsent = samples["outq_nsd"].dropna()
+    if unsent.empty:
+        pytest.skip("SIOCOUTQNSD is not available here")
+    assert unsent.max() <= 16384 + LOOPBACK_SEGMENT + 1024
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert meta["sender"]["notsent_lowat"] == 16384
