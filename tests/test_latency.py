@@ -23,7 +23,7 @@ from bufdemo.analysis.compare import compare_table, sweep_figure, timelines_figu
 from bufdemo.analysis.latency import decompose, latency_figure, stage_times
 from bufdemo.cli import main
 from bufdemo.errors import ConfigError
-from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.sweep import parse_spec, parse_values, plan, value_label
 from bufdemo.experiment.txstamps import TxStampReader
 from tests.test_cli_usage import _check_one_usage_line
@@ -353,7 +353,12 @@ LOOPBACK_SEGMENT = 65536  # the kernel checks the mark per skb: up to one segmen
 @pytest.mark.parametrize("mode", ["blocking", "select"])
 def test_notsent_lowat_caps_the_unsent_bytes_in_every_mode(mode: str, tmp_path: Path) -> None:
     cfg = RunConfig(
-        messages=3000, recv_delay=0.0002, mode=mode, notsent_lowat=16384, out=tmp_path, plot=False
+        messages=3000,
+        recv_delay=0.0002,
+        mode=Mode(mode),
+        notsent_lowat=16384,
+        out=tmp_path,
+        plot=False,
     )
     result = bufdemo.run_experiment(cfg)
     assert result.complete, result.reason
