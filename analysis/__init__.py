@@ -10,6 +10,15 @@ Reads only run directories (docs/run-format.md); never touches sockets or ``demo
     save_figures / write_summary          the only functions that write files
 """
 
+from bufdemo.analysis.latency import (
+    decompose,
+    latency,
+    latency_figure,
+    latency_summary,
+    littles_law,
+    plot_latency,
+    plot_latency_breakdown,
+)
 from bufdemo.analysis.load import FORMAT_VERSION, Run, RunFormatError, load_run
 from bufdemo.analysis.plots import (
     mark_phases,
@@ -48,14 +57,21 @@ __all__ = [
     "RunFormatError",
     "bytes_in_place",
     "compare",
+    "decompose",
     "format_summary",
     "interval_indicator",
     "kernel_view",
+    "latency",
+    "latency_figure",
+    "latency_summary",
+    "littles_law",
     "load_run",
     "mark_phases",
     "phases",
     "plot_blocking",
     "plot_bytes_in_place",
+    "plot_latency",
+    "plot_latency_breakdown",
     "plot_limited",
     "plot_messages",
     "plot_queues",

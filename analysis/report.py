@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bufdemo.analysis.latency import latency_figure, write_latency
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.plots import timeline_figure, zoom_figure
 from bufdemo.analysis.summary import summarize
@@ -32,7 +33,12 @@ def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
     out = Path(out_dir) if out_dir is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for stem, fig in (("timeline", timeline_figure(run)), ("zoom", zoom_figure(run))):
+    figures = (
+        ("timeline", timeline_figure(run)),
+        ("zoom", zoom_figure(run)),
+        ("latency", latency_figure(run)),
+    )
+    for stem, fig in figures:
         for ext in ("png", "svg"):
             path = out / f"{stem}.{ext}"
             tmp = path.with_name(f"{stem}.part.{ext}")  # savefig picks the format by suffix
@@ -69,7 +75,9 @@ def summary_json(run: Run) -> str:
 
 
 def write_summary(run: Run) -> Path:
-    """Write summary.json into the run directory; return its path."""
+    """Write summary.json (and latency.csv) into the run directory; return its path."""
+    if not run.sends.empty:
+        write_latency(run)
     path = run.path / "summary.json"
     _write_atomic(path, summary_json(run).encode())
     return path

@@ -43,6 +43,7 @@ SUMMARY_KEYS = (
     "resume_queue_ratio_median",
     "service_seconds_mean",
     "phases",
+    "latency",
     "asyncio",
     "notes",
 )
@@ -302,6 +303,9 @@ def summarize(run: Run) -> dict[str, Any]:
         "service_seconds_mean": float(service.mean()) if len(service) else None,
         "phases": {p.name: {"start": p.start, "end": p.end} for p in phases(run)},
     }
+    from bufdemo.analysis.latency import latency_summary  # it imports plots: no cycle here
+
+    out["latency"] = latency_summary(run)
     if not run.has_sender:
         for key in ("blocking_sends", "stall_seconds", "stall_count"):
             out[key] = None  # unknown, not zero: nobody recorded the sender

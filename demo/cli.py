@@ -24,6 +24,7 @@ from bufdemo import __version__
 from bufdemo.console import one_line
 from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.experiment import cli as experiment_cli
+from bufdemo.experiment import sweep_cli
 from bufdemo.lecture import cli as lecture_cli
 
 __all__ = ["app", "main", "option_for"]
@@ -69,6 +70,7 @@ def _root(
 
 experiment_cli.register(app)
 lecture_cli.register(app)
+sweep_cli.register(app)
 
 
 @app.command()

@@ -30,15 +30,18 @@ __all__ = [
     "CONSUMED",
     "FORMAT_VERSION",
     "KERNEL_EVENTS",
+    "LATENCY",
     "META_FILE",
     "OPTIONAL_TABLE_FORMATS",
     "RECEIVER_SAMPLES",
     "SENDER_SAMPLES",
     "SENDS",
     "SIDE_RECORD_FILES",
+    "SWEEP",
     "TABLES",
     "TABLE_FORMATS",
     "TRANSPORT_SAMPLES",
+    "TX_TIMESTAMPS",
     "WIRE_EVENTS",
     "WITNESS_TABLE_FORMATS",
     "AsyncioRecord",
@@ -183,9 +186,6 @@ TRANSPORT_SAMPLES = TableFormat(
     },
 )
 
-#: Tables a run directory may hold besides TABLE_FORMATS (absent: not that kind of run).
-OPTIONAL_TABLE_FORMATS: tuple[TableFormat, ...] = (TRANSPORT_SAMPLES,)
-
 #: Every table of format 1, sender's first.
 TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDS,
@@ -234,6 +234,63 @@ WIRE_EVENTS = TableFormat(
 )
 
 WITNESS_TABLE_FORMATS: tuple[TableFormat, ...] = (KERNEL_EVENTS, WIRE_EVENTS)
+# Written by the sender when the kernel gives transmit timestamps (SO_TIMESTAMPING, see
+# bufdemo.experiment.txstamps); absent otherwise, and in runs of older versions.
+TX_TIMESTAMPS = TableFormat(
+    "tx_timestamps",
+    {
+        "kind": "int8",  # 0 SND (sent), 1 SCHED (scheduled), 2 ACK (acknowledged)
+        "offset": _I64,  # the skb's last byte, from the first message byte
+        "t_ns": _I64,
+    },
+)
+
+# Derived from the tables by bufdemo.analysis.latency (written by `bufdemo report`,
+# `bufdemo run`): per message, where its time went. Seconds; empty = unknown.
+LATENCY = TableFormat(
+    "latency",
+    {
+        "seq": _I64,
+        "t_handed_ns": _I64,
+        "queued_in_send_buffer": _F64,
+        "in_flight_until_ack": _F64,
+        "waiting_in_receive_queue": _F64,
+        "service": _F64,
+        "end_to_end": _F64,
+    },
+)
+
+#: Tables a run directory may hold besides TABLE_FORMATS (absent: not that kind of run),
+#: each read by its own reader. The witnesses' tables are in WITNESS_TABLE_FORMATS.
+OPTIONAL_TABLE_FORMATS: tuple[TableFormat, ...] = (TRANSPORT_SAMPLES, TX_TIMESTAMPS, LATENCY)
+
+# `bufdemo sweep` writes sweep.csv (and the same rows as sweep.json) in the sweep
+# directory; `bufdemo compare --json` prints the same columns. One row per run.
+SWEEP = TableFormat(
+    "sweep",
+    {
+        "value": "object",  # the swept value as typed ("auto" for a kernel default)
+        "run": "object",  # the run directory's name
+        "mode": "object",
+        "size": _NI64,
+        "recv_delay": _F64,
+        "sndbuf": _NI64,  # requested; empty: autotuning
+        "rcvbuf": _NI64,
+        "send_rate": _F64,  # empty: unpaced
+        "notsent_lowat": _NI64,  # empty: unset
+        "blocking_sends": _NI64,
+        "stall_seconds": _F64,
+        "throughput_msgs_per_s": _F64,
+        "latency_p50_seconds": _F64,
+        "latency_p99_seconds": _F64,
+        "max_send_queue_bytes": _F64,
+        "max_unsent_bytes": _F64,
+        "max_recv_queue_bytes": _F64,
+        "sndbuf_granted": _NI64,
+        "rcvbuf_granted": _NI64,
+        "complete": "boolean",
+    },
+)
 
 #: The same as a plain mapping: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {t.stem: dict(t.dtypes) for t in TABLE_FORMATS}
@@ -264,6 +321,8 @@ class ConfigRecord(TypedDict):
     write_buffer_limits: NotRequired[list[int | None] | None]
     trace: NotRequired[bool]  # --trace
     capture: NotRequired[bool]  # --capture
+    send_rate: float | None  # messages/s the sender is paced at; None: as fast as it can
+    notsent_lowat: int | None  # TCP_NOTSENT_LOWAT requested; None: the host's default
 
 
 class _SideRecord(TypedDict):
@@ -296,6 +355,10 @@ class SenderRecord(_SideRecord):
 
     blocking_sends: int
     asyncio: NotRequired[AsyncioRecord | None]  # None in the other modes
+    nodelay: bool  # TCP_NODELAY set (a paced sender sets it)
+    notsent_lowat: int | None  # getsockopt(TCP_NOTSENT_LOWAT) after setting it; None: unset
+    # {"enabled", "reason", "notifications", ...}: SO_TIMESTAMPING, or why it is off
+    timestamping: dict[str, Any] | None
 
 
 class ReceiverRecord(_SideRecord):

@@ -311,6 +311,115 @@ fig""",
     ),
     (
         "md",
+        """## 8. What the buffer costs in latency
+
+A message handed to the kernel is not delivered: it waits its turn. bufdemo follows
+every message from the moment `send()` returned, through the kernel's transmit
+timestamps (SO_TIMESTAMPING: when its last byte left the send queue, when the ACK
+came back), to the receiver's service of it, and splits its latency into where it
+waited: queued in the send buffer, in flight until ACKed, waiting in the receive
+queue, and the receiver's own work. Here is the decomposition of the run of section 1.""",
+    ),
+    (
+        "code",
+        """lat = analysis.latency_summary(base)
+fig = analysis.latency_figure(base, figsize=(11, 6))
+plt.show()
+law = lat["littles_law"]
+parts = [
+    f"- {name.replace('_', ' ')}: median **{lat[name]['p50'] * 1e3:,.1f} ms**"
+    for name in ("queued_in_send_buffer", "in_flight_until_ack",
+                 "waiting_in_receive_queue", "service")
+    if lat[name]["p50"] is not None
+]
+say(
+    f"Median end-to-end latency **{lat['end_to_end']['p50']:.2f} s** "
+    f"(p99 {lat['end_to_end']['p99']:.2f} s) for a receiver that spends 0.5 ms on a "
+    f"message. Where it went:\\n\\n" + "\\n".join(parts) + "\\n\\n"
+    + (f"{lat['send_buffer_share']:.0%} of all the latency was spent in the sender's send "
+       "buffer. " if lat["send_buffer_share"] is not None else
+       f"(No transmit timestamps here: {lat['timestamping']}.) ")
+    + (f"Little's law predicts it: in the stall/resume phase the kernels held "
+       f"{law['queued_bytes_median'] / 2**20:.2f} MiB (median) in front of a receiver "
+       f"draining {law['drain_rate'] / 2**20:.2f} MiB/s, so a message should wait "
+       f"{law['predicted_seconds']:.2f} s; measured: {law['measured_seconds']:.2f} s."
+       if law["ratio"] is not None else "")
+)""",
+    ),
+    (
+        "md",
+        """### The knee: a sender below and above the receiver's rate
+
+`--send-rate` paces the sender (the analogue of iperf3 `-b`). Below the receiver's
+1,000 messages a second nothing queues and a message costs about one service time;
+above it the buffers fill, the sender blocks, and latency jumps to the buffers' depth
+divided by the drain rate. Small buffers (64 KiB) and 2,000 messages keep this quick.""",
+    ),
+    (
+        "code",
+        """from bufdemo.analysis.compare import compare_table, plot_metric
+
+rates = [400, 800, 1200, 2000]
+knee_runs = {
+    f"{r}": run(messages=2_000, recv_delay=0.001, sndbuf=65536, rcvbuf=65536, send_rate=r)
+    for r in rates
+}
+knee = compare_table(knee_runs, values={k: k for k in knee_runs})
+knee["send_rate"] = rates
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+plot_metric(left, knee, "send_rate", "latency_p50_seconds")
+plot_metric(right, knee, "send_rate", "blocking_sends")
+plt.show()
+rows = [
+    f"- {row.send_rate:,} msg/s: **{row.blocking_sends:,}** blocking sends, median latency "
+    f"**{row.latency_p50_seconds * 1e3:,.1f} ms**, throughput "
+    f"{row.throughput_msgs_per_s:,.0f} msg/s"
+    for row in knee.itertuples()
+]
+say("Against a receiver serving 1,000 msg/s:\\n\\n" + "\\n".join(rows))""",
+    ),
+    (
+        "md",
+        """### TCP_NOTSENT_LOWAT: keep the backlog in the application
+
+`--notsent-lowat BYTES` makes `send()` and select() wait while more than BYTES are
+queued *unsent*: the kernel keeps only a little ahead of the wire, and the backlog
+stays in the application, where it can be dropped, merged or reprioritised. The same
+select-mode run with and without a 16 KiB mark:""",
+    ),
+    (
+        "code",
+        """pair = {
+    "default": run(messages=5_000, recv_delay=0.0005, mode="select"),
+    "notsent_lowat 16384": run(
+        messages=5_000, recv_delay=0.0005, mode="select", notsent_lowat=16384
+    ),
+}
+side = compare_table(pair)
+fig, axes = plt.subplots(2, 1, figsize=(11, 5), sharex=True)
+for ax, (name, r) in zip(axes, pair.items()):
+    ss = r.sender_samples
+    ax.plot(ss["t"], ss["outq_nsd"] / 1024, lw=0.8, label="unsent (SIOCOUTQNSD)")
+    ax.plot(ss["t"], ss["outq"] / 1024, lw=0.8, label="send queue (SIOCOUTQ)")
+    ax.set_ylabel("KiB")
+    ax.set_title(name, loc="left")
+    ax.legend(loc="upper right")
+axes[-1].set_xlabel("time since connection (s)")
+plt.show()
+d, lo = side.iloc[0], side.iloc[1]
+say(
+    f"Unsent bytes peaked at **{d.max_unsent_bytes / 1024:,.0f} KiB** by default and "
+    f"**{lo.max_unsent_bytes / 1024:,.0f} KiB** with the mark (the kernel checks it per "
+    f"skb, so up to one segment more). Median latency: **{d.latency_p50_seconds:.3f} s** "
+    f"against **{lo.latency_p50_seconds:.3f} s**, "
+    f"{d.latency_p50_seconds / lo.latency_p50_seconds:.0f} times lower; throughput "
+    f"{d.throughput_msgs_per_s:,.0f} against {lo.throughput_msgs_per_s:,.0f} msg/s: "
+    "the receiver sets the pace either way, the mark only decides where the waiting "
+    "happens."
+)""",
+    ),
+    (
+        "md",
         """## Where to go next
 
 - `bufdemo run --help`, and the same experiment with `--mode select` (the sender waits

@@ -281,7 +281,14 @@ def test_save_figures_writes_png_and_svg(tmp_path: Path) -> None:
     write_run(tmp_path / "run", Model(messages=300))
     run = load_run(tmp_path / "run")
     paths = save_figures(run)
-    assert [p.name for p in paths] == ["timeline.png", "timeline.svg", "zoom.png", "zoom.svg"]
+    assert [p.name for p in paths] == [
+        "timeline.png",
+        "timeline.svg",
+        "zoom.png",
+        "zoom.svg",
+        "latency.png",
+        "latency.svg",
+    ]
     for p in paths:
         assert p.parent == tmp_path / "run"
         if p.suffix == ".png":

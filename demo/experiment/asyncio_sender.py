@@ -48,6 +48,7 @@ from pathlib import Path
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
+from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.recorder import (
     MISSING,
@@ -65,6 +66,7 @@ from bufdemo.experiment.sender import (
     _probe,
     connect,
     frames_per_block,
+    set_notsent_lowat,
 )
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
@@ -378,6 +380,15 @@ def run_asyncio_sender(
         except BaseException:
             sock.close()
             raise
+    try:
+        if cfg.notsent_lowat is not None:  # the kernel's mark, under the transport's
+            result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
+    except BaseException:
+        sock.close()
+        raise
+    # The transport writes from the event loop: per-byte transmit timestamps are not
+    # collected here (latency.csv keeps end-to-end and service).
+    result.timestamping = txstamps.disabled_record("not collected in the asyncio modes")
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()
     sent = array("q", [0])

@@ -148,7 +148,25 @@ NoPlotOpt = Annotated[
     typer.Option(
         "--no-plot",
         metavar="",
-        help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
+        help="Do not draw the timeline, zoom and latency figures (bufdemo plot RUN draws them).",
+    ),
+]
+SendRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--send-rate",
+        metavar="MSGS_PER_S",
+        help="Pace the sender at this many messages a second (slots of 1/MSGS_PER_S, no "
+        "drift, like the receiver; iperf3 -b). Unset: as fast as the kernel accepts them.",
+    ),
+]
+NotsentLowatOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--notsent-lowat",
+        metavar="BYTES",
+        help="setsockopt(TCP_NOTSENT_LOWAT) on the sender's socket: send() and select() "
+        "wait while more than BYTES are queued unsent. Unset: the host's default (off).",
     ),
 ]
 TraceOpt = Annotated[
@@ -223,6 +241,8 @@ def run(
     write_buffer_limits: WriteLimitsOpt = None,
     trace: TraceOpt = False,
     capture: CaptureOpt = False,
+    send_rate: SendRateOpt = None,
+    notsent_lowat: NotsentLowatOpt = None,
 ) -> int:
     """Run the experiment on loopback: a receiver process that spends --recv-delay on each
     message and a sender process that pushes --messages as fast as the kernel accepts
@@ -246,6 +266,8 @@ def run(
         **_write_limits_setting(write_buffer_limits),
         trace=trace,
         capture=capture,
+        send_rate=send_rate,
+        notsent_lowat=notsent_lowat,
     )
     latest: list[Progress | None] = [None]
 
@@ -348,6 +370,33 @@ SUMMARY_ROWS = (
 )
 
 
+def _print_latency(latency: dict[str, Any] | None) -> None:
+    """summary.json's latency: p50/p99/max of end-to-end and of each part, in ms."""
+    if not latency:
+        return
+    table = Table(title="latency per message (ms)", title_justify="left")
+    for column in ("", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key in (
+        "end_to_end",
+        "queued_in_send_buffer",
+        "in_flight_until_ack",
+        "waiting_in_receive_queue",
+        "service",
+    ):
+        stats = latency.get(key) or {}
+        table.add_row(
+            key.replace("_", " "),
+            *(
+                _fmt(None if stats.get(q) is None else stats[q] * 1e3)
+                for q in ("p50", "p99", "max")
+            ),
+        )
+    out.print(table)
+    if latency.get("timestamping"):
+        out.print(f"[yellow]note:[/] no transmit timestamps: {escape(latency['timestamping'])}")
+
+
 def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) -> None:
     """The summary as a table on stdout, with its notes (part of the summary, as in
     --json), the figures and the run directory."""
@@ -363,6 +412,7 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, figures: list[Path]) 
             shown = "auto" if value is None and key.endswith("_requested") else _fmt(value)
             table.add_row(label, shown, unit)
     out.print(table)
+    _print_latency(summary.get("latency"))
     for note in summary.get("notes", []):
         out.print(f"[yellow]note:[/] {escape(note)}")
     for path in figures:
@@ -511,6 +561,8 @@ def send(
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
     write_buffer_limits: WriteLimitsOpt = None,
+    send_rate: SendRateOpt = None,
+    notsent_lowat: NotsentLowatOpt = None,
 ) -> int:
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables in a run
@@ -530,6 +582,8 @@ def send(
         out=out_dir,
         sample_interval=sample_interval,
         timeout=timeout,
+        send_rate=send_rate,
+        notsent_lowat=notsent_lowat,
         **_token_setting(token_bytes),
         **_write_limits_setting(write_buffer_limits),
     )
@@ -599,7 +653,7 @@ RunArg = Annotated[
 
 
 def plot(run_dir: RunArg) -> int:
-    """Redraw timeline.png/.svg and zoom.png/.svg in a run directory: the plots
+    """Redraw timeline, zoom and latency .png/.svg in a run directory: the plots
     `bufdemo run` draws unless --no-plot. Prints the files written."""
     from bufdemo import analysis
 

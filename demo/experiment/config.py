@@ -48,6 +48,11 @@ MAX_RECV_DELAY = 10.0  # seconds per message; more is a mistake, not an experime
 MAX_BUFFER = 1 << 30  # the kernel clamps to wmem_max/rmem_max anyway; this catches typos
 MIN_SAMPLE_INTERVAL = 0.0001  # below this the sampler thread would compete with the loop
 MAX_TIMEOUT = 7 * 24 * 3600.0
+# A paced sender waits for each slot (sleep, then spin); beyond ~1 M msgs/s the slot is
+# shorter than one send and the pace is the loop's own: no longer a rate, a typo.
+MAX_SEND_RATE = 1_000_000.0
+# TCP_NOTSENT_LOWAT is an int in the kernel; above 1 GiB it is as good as unset.
+MAX_NOTSENT_LOWAT = 1 << 30
 
 
 class Mode(StrEnum):
@@ -124,6 +129,11 @@ class RunConfig:
     # (high, low) for transport.set_write_buffer_limits in the asyncio modes; low None:
     # asyncio's own rule (high / 4). None: asyncio's defaults (64 KiB, 16 KiB).
     write_buffer_limits: tuple[int, int | None] | None = None
+    # Messages per second the sender is paced at (slots of 1/rate, no drift; the
+    # receiver's pacer); None: as fast as the kernel accepts them.
+    send_rate: float | None = None
+    # TCP_NOTSENT_LOWAT on the sender's socket, bytes; None: the host's default (off).
+    notsent_lowat: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("messages", self.messages, 1, MAX_MESSAGES)
@@ -154,6 +164,15 @@ class RunConfig:
         for setting, flag in (("trace", self.trace), ("capture", self.capture)):
             if not isinstance(flag, bool):
                 raise ConfigError(setting, f"must be true or false, got {flag!r}")
+        if self.send_rate is not None:
+            _check_float("send_rate", self.send_rate, 0.0, MAX_SEND_RATE, low_open=True)
+            if self.mode in ASYNCIO_MODES:  # the event loop writes: nothing paces it
+                raise ConfigError(
+                    "send_rate",
+                    f"applies to the blocking and select modes, got mode {self.mode.value!r}",
+                )
+        if self.notsent_lowat is not None:
+            _check_int("notsent_lowat", self.notsent_lowat, 1, MAX_NOTSENT_LOWAT)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
 
@@ -189,4 +208,6 @@ class RunConfig:
             ),
             "trace": self.trace,
             "capture": self.capture,
+            "send_rate": self.send_rate,
+            "notsent_lowat": self.notsent_lowat,
         }

@@ -155,6 +155,10 @@ def run_label(cfg: RunConfig) -> str:
         parts.append(f"s{cfg.sndbuf}")
     if cfg.rcvbuf is not None:
         parts.append(f"r{cfg.rcvbuf}")
+    if cfg.send_rate is not None:
+        parts.append(f"rate{cfg.send_rate:g}")
+    if cfg.notsent_lowat is not None:
+        parts.append(f"lowat{cfg.notsent_lowat}")
     return "-".join(parts)
 
 

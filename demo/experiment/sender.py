@@ -11,6 +11,20 @@ What a *blocking send* is, exactly (no duration threshold, no guessing):
   select()'s *writable* event (the lecture's fourth event), which follows the same
   kernel rule.
 
+With ``--send-rate R`` the sender is paced: message i may not be handed over before its
+slot's start, by the receiver's no-drift rule (:class:`~bufdemo.experiment.pacing.Pacer`,
+slots of 1/R from when sending began; every message counts as waiting, like the
+receiver's backlog, so slot i starts at exactly ``i/R``); it sleeps, then spins, until
+then. A message late for its slot (a busy machine, a wait in the kernel) goes at once,
+and those behind it follow until the pace is caught up: the sender offers R messages a
+second on average, as an application producing them at that rate would (iperf3 -b).
+A paced sender sets TCP_NODELAY: its writes are small and spaced out, and Nagle's rule
+would hold each one until the previous one is ACKed, which an idle receiver delays by
+up to 40 ms (delayed ACK). An unpaced sender fills whole segments; Nagle is moot there.
+``--notsent-lowat`` sets TCP_NOTSENT_LOWAT on the socket; both modes wait on it (the
+kernel's ``tcp_stream_memory_free``). Transmit timestamps (SO_TIMESTAMPING) are asked
+for right after connect() and read by a thread (:mod:`bufdemo.experiment.txstamps`).
+
 When the last message has been handed to the kernel the sender shuts down its writing
 side (FIN after the data) and waits until the receiver has consumed everything and
 closed: the drain phase is still sampled.
@@ -31,7 +45,9 @@ from typing import Any
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
+from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import ASYNCIO_MODES, Mode, RunConfig
+from bufdemo.experiment.pacing import WAITING, Pacer
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
     PROGRESS_BLOCKING,
@@ -55,6 +71,9 @@ class SenderResult:
     t_done_ns: int | None = None
     messages: int = 0
     blocking_sends: int = 0
+    nodelay: bool = False
+    notsent_lowat: int | None = None
+    timestamping: dict[str, Any] | None = None
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
@@ -70,6 +89,9 @@ class SenderResult:
             "t_done_ns": self.t_done_ns,
             "messages": self.messages,
             "blocking_sends": self.blocking_sends,
+            "nodelay": self.nodelay,
+            "notsent_lowat": self.notsent_lowat,
+            "timestamping": self.timestamping,
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
@@ -171,17 +193,23 @@ def send_loop(
     write = os.write
     fd = sock.fileno()
     use_select = cfg.mode is Mode.SELECT
+    pacer: Pacer | None = None
     sock.setblocking(False)
     first = 0
     stamps: list[int] = []
     try:
         log.t_start_ns = now()
+        if cfg.send_rate is not None:
+            pacer = Pacer.per_second(cfg.send_rate, log.t_start_ns)
         for first in range(0, cfg.messages, per_block):
             fill(first)
             stamps = []
             stamp = stamps.append
             try:
                 for view in views[: min(per_block, cfg.messages - first)]:
+                    if pacer is not None:
+                        sent[0] = first + len(stamps)
+                        _wait_for_slot(pacer, sampler)
                     try:
                         n = write(fd, view)
                     except BlockingIOError:
@@ -241,6 +269,40 @@ def send_loop(
         ) from exc
     finally:
         sock.setblocking(True)
+
+
+# Sleep until this close to a slot's start, then spin (as the receiver does):
+# time.sleep overshoots ~80 us here.
+SPIN_NS = 200_000
+
+
+def _wait_for_slot(pacer: Pacer, sampler: Sampler | None) -> None:
+    """Wait until the next message's slot starts (its start: max(previous end, now))."""
+    now = time.perf_counter_ns
+    pacer.pace(WAITING)  # the next message is always ready: slot i starts at i/R
+    start = pacer.start_ns
+    remaining = start - now()
+    if remaining > SPIN_NS:
+        if sampler is not None:
+            sampler.sample_if_due(now())
+            sampler.resume()  # the thread samples while this one sleeps
+        time.sleep((remaining - SPIN_NS) / 1e9)
+        if sampler is not None:
+            sampler.pause()
+    while now() < start:
+        pass
+
+
+def set_notsent_lowat(sock: socket.socket, lowat: int) -> int | None:
+    """setsockopt(TCP_NOTSENT_LOWAT); return what getsockopt then reports (None: absent)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, lowat)
+        return sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT)
+    except OSError as exc:
+        raise PeerError(f"TCP_NOTSENT_LOWAT {lowat} refused: {exc.strerror or exc}") from exc
+
+
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # include/uapi/linux/tcp.h
 
 
 def frames_per_block(size: int) -> int:
@@ -317,6 +379,18 @@ def run_sender(
         except BaseException:
             sock.close()
             raise
+    try:
+        if cfg.notsent_lowat is not None:
+            result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
+        if cfg.send_rate is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result.nodelay = True
+    except BaseException:
+        sock.close()
+        raise
+    # Asked for before the hello: the offsets then count from the stream's first byte.
+    stamp_reason = txstamps.enable(sock)
+    stamp_reader: txstamps.TxStampReader | None = None
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()
     sent = array("q", [0])
@@ -335,8 +409,12 @@ def run_sender(
         result.cookie = probes.so_cookie(sock)
         start_sizes = probes.buffer_sizes(sock)
         sampler.start()
+        hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
+        if stamp_reason is None:
+            stamp_reader = txstamps.TxStampReader(sock, base=len(hello))
+            stamp_reader.start()
         try:
-            sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
+            sock.sendall(hello)
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
@@ -350,6 +428,11 @@ def run_sender(
             raise
         finally:
             sampler.stop()
+            if stamp_reader is not None:
+                stamp_reader.stop()
+                result.timestamping = stamp_reader.record()
+            else:
+                result.timestamping = txstamps.disabled_record(stamp_reason or "not started")
             result.buffers = _buffers(cfg, start_sizes, probes.buffer_sizes(sock))
     finally:
         result.messages = log.rows
@@ -360,6 +443,8 @@ def run_sender(
         log.write(run_dir / runformat.SENDS.file, blocking)
         blocking.write(run_dir / runformat.BLOCKING_SENDS.file)
         sampler.write(run_dir / runformat.SENDER_SAMPLES.file)
+        if stamp_reader is not None:
+            stamp_reader.write(run_dir / runformat.TX_TIMESTAMPS.file)
     return result
 
 
