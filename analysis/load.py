@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bufdemo.errors import RunFormatError
-from bufdemo.runformat import FORMAT_VERSION, META_FILE, TABLE_FORMATS, TABLES, Meta
+from bufdemo.runformat import FORMAT_VERSION, LINK_SAMPLES, META_FILE, TABLE_FORMATS, TABLES, Meta
 
 __all__ = ["FORMAT_VERSION", "TABLES", "Run", "RunFormatError", "load_run"]
 
@@ -42,6 +42,8 @@ class Run:
     sender_samples: pd.DataFrame
     consumed: pd.DataFrame
     receiver_samples: pd.DataFrame
+    # The bottleneck queue of a --netns --link-rate run; empty for every other run.
+    link_samples: pd.DataFrame = field(default_factory=lambda: _empty(dict(LINK_SAMPLES.dtypes)))
 
     @property
     def t0_ns(self) -> int:

@@ -28,7 +28,9 @@ __all__ = [
     "BLOCKING_SENDS",
     "CONSUMED",
     "FORMAT_VERSION",
+    "LINK_SAMPLES",
     "META_FILE",
+    "OPTIONAL_TABLES",
     "RECEIVER_SAMPLES",
     "SENDER_SAMPLES",
     "SENDS",
@@ -124,6 +126,11 @@ _SAMPLE_DTYPES: dict[str, str] = {
     "sndbuf_limited_us": _F64,
     "probes": _F64,
     "backoff": _F64,
+    "snd_cwnd": _F64,
+    "snd_mss": _F64,
+    "rtt_us": _F64,
+    "total_retrans": _F64,
+    "busy_time_us": _F64,
 }
 
 SENDER_SAMPLES = TableFormat("sender_samples", _SAMPLE_DTYPES)
@@ -141,6 +148,21 @@ CONSUMED = TableFormat(
 
 RECEIVER_SAMPLES = TableFormat("receiver_samples", _SAMPLE_DTYPES)
 
+# The bottleneck queue (tbf) of a --netns --link-rate run, sampled by `bufdemo run`
+# with `tc -s qdisc` every 50 ms; absent in every other run (then read as empty).
+LINK_SAMPLES = TableFormat(
+    "link_samples",
+    {
+        "t_ns": _I64,
+        "backlog_bytes": _I64,
+        "backlog_packets": _I64,
+        "drops": _I64,
+        "sent_bytes": _I64,
+        "sent_packets": _I64,
+        "overlimits": _I64,
+    },
+)
+
 #: Every table of format 1, sender's first.
 TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDS,
@@ -148,7 +170,11 @@ TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDER_SAMPLES,
     CONSUMED,
     RECEIVER_SAMPLES,
+    LINK_SAMPLES,
 )
+
+#: Tables only some runs write (absent: read as empty): link_samples (--netns --link-rate).
+OPTIONAL_TABLES = frozenset({"link_samples"})
 
 #: The same as a plain mapping: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {t.stem: dict(t.dtypes) for t in TABLE_FORMATS}
@@ -242,3 +268,4 @@ class Meta(_MetaRequired, total=False):
     """``meta.json``. The keys below ``_MetaRequired`` are always written."""
 
     last_progress: LastProgress  # `bufdemo run` only
+    link: dict[str, Any]  # `bufdemo run --netns` only: namespaces, addresses, qdisc

@@ -138,6 +138,56 @@ NoPlotOpt = Annotated[
         help="Do not draw timeline.png/.svg and zoom.png/.svg (bufdemo plot RUN draws them later).",
     ),
 ]
+NetnsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--netns",
+        metavar="",
+        help="Run each side in its own network namespace, joined by a veth pair (a real "
+        "link: 1500-byte MTU, a queue where --link-rate puts one). Needs root and iproute2; "
+        "the namespaces are removed at the end (bufdemo cleanup removes a killed run's).",
+    ),
+]
+LinkRateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-rate",
+        metavar="RATE",
+        help="With --netns: a bottleneck of RATE (tc units: 20mbit, 500kbit, 1gbit; "
+        "tbf on the sender's egress).",
+    ),
+]
+LinkQueueOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-queue",
+        metavar="SIZE|TIME",
+        help="With --link-rate: the bottleneck's queue, in bytes (64kb) or in time at the "
+        "rate (50ms). Default 100ms.",
+    ),
+]
+MtuOpt = Annotated[
+    int | None,
+    typer.Option("--mtu", metavar="BYTES", help="With --netns: the veth pair's MTU (576-65535)."),
+]
+LinkDelayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-delay",
+        metavar="TIME",
+        help="With --netns: added one-way delay (10ms); needs the netem qdisc in the kernel "
+        "(refused at once where it is missing).",
+    ),
+]
+LinkLossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-loss",
+        metavar="PERCENT",
+        help="With --netns: random loss on the sender's egress (1%); needs netem, like "
+        "--link-delay.",
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -187,10 +237,17 @@ def run(
     as_json: Annotated[bool, _json_option("only the summary (summary.json)")] = False,
     sample_interval: SampleOpt = DEFAULT_SAMPLE_INTERVAL,
     timeout: TimeoutOpt = None,
+    use_netns: NetnsOpt = False,
+    link_rate: LinkRateOpt = None,
+    link_queue: LinkQueueOpt = None,
+    mtu: MtuOpt = None,
+    link_delay: LinkDelayOpt = None,
+    link_loss: LinkLossOpt = None,
 ) -> int:
-    """Run the experiment on loopback: a receiver process that spends --recv-delay on each
-    message and a sender process that pushes --messages as fast as the kernel accepts
-    them. Records every send, logs every blocking send with the queues around it,
+    """Run the experiment on loopback (with --netns: over a veth link between two network
+    namespaces): a receiver process that spends --recv-delay on each message and a
+    sender process that pushes --messages as fast as the kernel accepts them. Records
+    every send, logs every blocking send with the queues around it,
     samples both sockets, then writes a run directory (inside --out), its summary and
     the timeline plot. Progress on stderr; the summary on stdout.
     """
@@ -207,7 +264,19 @@ def run(
         plot=not no_plot,
         sample_interval=sample_interval,
         timeout=timeout,
+        netns=use_netns,
+        link_rate=link_rate,
+        link_queue=link_queue,
+        mtu=mtu,
+        link_delay=link_delay,
+        link_loss=link_loss,
     )
+    if cfg.netns:  # before anything is created: what is missing is a usage error, exit 2
+        from bufdemo.experiment import netns
+
+        netns.check_can_create()
+        if cfg.link_delay is not None or cfg.link_loss is not None:
+            netns.check_netem("link_delay" if cfg.link_delay is not None else "link_loss")
     latest: list[Progress | None] = [None]
 
     def read() -> Reading:
@@ -569,7 +638,23 @@ def report(
     return 0
 
 
+def cleanup() -> int:
+    """Remove what a killed bufdemo run left behind: network namespaces (and the veths and
+    queues inside them) whose owner process is gone. Prints each one removed."""
+    from bufdemo import leftovers
+    from bufdemo.experiment import netns  # noqa: F401  (registers the netns kind)
+
+    removed, failures = leftovers.sweep()
+    for res in removed:
+        _say(f"removed {res.kind} {res.name} (owner pid {res.owner} is gone)")
+    for line in failures:
+        one_line(f"cleanup: could not remove {line}")
+    if not removed and not failures:
+        _say("nothing to clean up")
+    return 1 if failures else 0
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``run``, ``send``, ``receive``, ``plot`` and ``report`` to ``app``."""
-    for command in (run, send, receive, plot, report):
+    """Add ``run``, ``send``, ``receive``, ``plot``, ``report`` and ``cleanup`` to ``app``."""
+    for command in (run, send, receive, plot, report, cleanup):
         app.command()(command)

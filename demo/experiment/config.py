@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bufdemo.errors import ConfigError
+from bufdemo.experiment import netns as netlink
 from bufdemo.experiment.wire import HEADER_SIZE, TOKEN_SIZE
 from bufdemo.runformat import ConfigRecord
 
@@ -46,6 +47,8 @@ MAX_RECV_DELAY = 10.0  # seconds per message; more is a mistake, not an experime
 MAX_BUFFER = 1 << 30  # the kernel clamps to wmem_max/rmem_max anyway; this catches typos
 MIN_SAMPLE_INTERVAL = 0.0001  # below this the sampler thread would compete with the loop
 MAX_TIMEOUT = 7 * 24 * 3600.0
+MIN_MTU = 576  # IPv4's minimum datagram every host must accept; below it TCP barely moves
+MAX_MTU = 65535  # a veth's maximum
 
 
 class Mode(StrEnum):
@@ -90,6 +93,13 @@ class RunConfig:
     out: Path = Path("runs")
     plot: bool = True
     token: bytes = field(default_factory=lambda: secrets.token_bytes(TOKEN_SIZE))
+    # A real link (bufdemo.experiment.netns): each side in its own network namespace.
+    netns: bool = False
+    link_rate: str | None = None  # e.g. "20mbit": tbf on the sender's egress
+    link_queue: str | None = None  # bytes ("64kb") or time at the rate ("50ms")
+    mtu: int | None = None
+    link_delay: str | None = None  # netem: refused at set-up where the kernel has none
+    link_loss: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("messages", self.messages, 1, MAX_MESSAGES)
@@ -117,6 +127,28 @@ class RunConfig:
             _check_float("timeout", self.timeout, 0.0, MAX_TIMEOUT, low_open=True)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
+        self._check_link()
+
+    def _check_link(self) -> None:
+        if self.mtu is not None:
+            _check_int("mtu", self.mtu, MIN_MTU, MAX_MTU)
+        for setting in ("link_rate", "link_queue", "mtu", "link_delay", "link_loss"):
+            if getattr(self, setting) is not None and not self.netns:
+                raise ConfigError(setting, "needs --netns (a link exists only between namespaces)")
+        if self.link_queue is not None and self.link_rate is None:
+            raise ConfigError("link_queue", "needs --link-rate (the queue is the tbf's)")
+        self.link().limit_bytes()  # parses rate and queue: ConfigError names the setting
+        if self.link_delay is not None:
+            netlink.parse_delay(self.link_delay)
+        if self.link_loss is not None:
+            netlink.parse_loss(self.link_loss)
+
+    def link(self) -> netlink.LinkSettings:
+        """The link's settings, parsed (meaningful with ``netns``)."""
+        rate = None if self.link_rate is None else netlink.parse_rate(self.link_rate)
+        return netlink.LinkSettings(
+            rate, self.link_queue, self.mtu, self.link_delay, self.link_loss
+        )
 
     def as_dict(self) -> ConfigRecord:
         """JSON-ready settings, as meta.json's ``config`` (the token is a secret of the
