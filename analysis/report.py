@@ -32,7 +32,12 @@ def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
     out = Path(out_dir) if out_dir is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for stem, fig in (("timeline", timeline_figure(run)), ("zoom", zoom_figure(run))):
+    figures = [("timeline", timeline_figure(run)), ("zoom", zoom_figure(run))]
+    if "link" in run.meta:  # a --netns run: which resource limited the sender
+        from bufdemo.analysis.linkplots import limits_figure
+
+        figures.append(("limits", limits_figure(run)))
+    for stem, fig in figures:
         for ext in ("png", "svg"):
             path = out / f"{stem}.{ext}"
             tmp = path.with_name(f"{stem}.part.{ext}")  # savefig picks the format by suffix

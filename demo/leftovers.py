@@ -26,7 +26,7 @@ __all__ = ["PREFIX", "Leftover", "owner_alive", "owner_of", "register_kind", "st
 
 # Short: a veth name must fit IFNAMSIZ (15 characters) with a pid of up to 7 digits.
 PREFIX = "bfd"
-_NAME = re.compile(rf"^{PREFIX}-?(\d+)-")
+_NAME = re.compile(rf"^{PREFIX}-?(\d+)[-a-z]")
 
 
 @dataclass(frozen=True, slots=True)

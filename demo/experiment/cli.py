@@ -371,6 +371,9 @@ SUMMARY_ROWS = (
     ("rcvbuf_granted", "SO_RCVBUF granted", "B"),
     ("max_send_queue_bytes", "peak send queue (SIOCOUTQ)", "B"),
     ("max_recv_queue_bytes", "peak receive queue (SIOCINQ)", "B"),
+    ("limited_by", "limited by (tcp_info)", ""),
+    ("goodput_mbit", "goodput (message bytes)", "Mbit/s"),
+    ("link_mbit", "bottleneck rate while queued", "Mbit/s"),
     ("complete", "complete", ""),
 )
 
