@@ -213,6 +213,9 @@ class _SideRecord(TypedDict):
     buffers: dict[str, Any]
     complete: bool
     error: str | None
+    # The clock exchanges (bufdemo.experiment.clocksync): the sender's {"seq", "t1",
+    # "t4"}, the receiver's {"seq", "t1", "t2", "t3"}; empty without one.
+    clock: list[dict[str, int]]
 
 
 class SenderRecord(_SideRecord):
@@ -269,3 +272,4 @@ class Meta(_MetaRequired, total=False):
 
     last_progress: LastProgress  # `bufdemo run` only
     link: dict[str, Any]  # `bufdemo run --netns` only: namespaces, addresses, qdisc
+    clock: dict[str, Any]  # `bufdemo merge` only: the offset between the two hosts' clocks

@@ -12,7 +12,9 @@ Errors are raised, not printed: :func:`bufdemo.cli.main` turns them into one lin
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import time
 from array import array
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from rich.table import Table
 
 from bufdemo.console import err, one_line, out
 from bufdemo.errors import ConfigError
+from bufdemo.experiment import clocksync
 from bufdemo.experiment.config import (
     DEFAULT_MESSAGES,
     DEFAULT_RECV_DELAY,
@@ -459,17 +462,24 @@ def receive(
         **_token_setting(token_bytes),
     )
     if not address.is_loopback:
-        one_line(
-            f"warning: listening on {address}: other hosts can reach this port"
-            + ("" if token_bytes else "; pass --token so only your sender is accepted")
-        )
+        generated = ""
+        if token_bytes is None:  # reachable by strangers: only a sender with the token
+            token_bytes = secrets.token_bytes(16)
+            cfg = dataclasses.replace(cfg, token=token_bytes)
+            generated = (
+                f"; a token is required, generated: {token_bytes.hex()} "
+                f"(pass --token {token_bytes.hex()} to bufdemo send)"
+            )
+        one_line(f"warning: listening on {address}: other hosts can reach this port{generated}")
+    shift = clocksync.clock_shift_ns()  # the test hook; 0 in normal use
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
-    result = ReceiverResult()
+    result = ReceiverResult(clock_shift_ns=shift)
     made = LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
     def on_listening(addr: Address) -> None:
-        one_line(f"listening on {addr}; now start: bufdemo send --to {addr}")
+        with_token = "" if token_bytes is None else f" --token {token_bytes.hex()}"
+        one_line(f"listening on {addr}; now start: bufdemo send --to {addr}{with_token}")
 
     def read() -> Reading:
         now, t0 = time.perf_counter_ns(), result.t_connected_ns
@@ -498,6 +508,8 @@ def receive(
             max_size=max_size,
             result=result,
         )
+        if shift and made.path is not None:
+            clocksync.shift_receiver_run(made.path, result, shift)
     counts = f"consumed {result.messages:,} messages ({result.intact:,} intact)"
     if result.rejected:
         counts += f", {result.rejected:,} stray connection(s) rejected"
@@ -575,7 +587,7 @@ def send(
         kept_on_failure(made, cfg, sender=result),
         _display(read, _progress_shown(as_json), cfg.mode),
     ):
-        run_sender(cfg, address, made.create, progress=progress, result=result)
+        run_sender(cfg, address, made.create, progress=progress, result=result, clock_sync=True)
     counts = f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking"
     if as_json:
         out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
@@ -641,6 +653,46 @@ def report(
     return 0
 
 
+def merge(
+    sender_run: Annotated[
+        Path, typer.Argument(metavar="SENDER_RUN", help="The run directory bufdemo send wrote.")
+    ],
+    receiver_run: Annotated[
+        Path,
+        typer.Argument(metavar="RECEIVER_RUN", help="The run directory bufdemo receive wrote."),
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Where to create the merged run directory. Default: beside SENDER_RUN.",
+        ),
+    ] = None,
+) -> int:
+    """Merge the two halves of a two-host run (bufdemo send on one host, bufdemo receive on
+    the other) into one run directory on the sender's clock, using the clock readings
+    they exchanged before and after the data. Prints the offset, its error bound and the
+    drift (also in meta.json's clock); plot and report then read it like a run's."""
+    from bufdemo.experiment.merge import merge_runs
+
+    run_dir = merge_runs(sender_run, receiver_run, out_dir)
+    clock = json.loads((run_dir / "meta.json").read_text())["clock"]
+    drift = clock["drift_ppm"]
+    _say(
+        f"receiver clock - sender clock: {clock['offset_seconds']:+.6f} s "
+        f"± {clock['error_ns'] / 1e6:.3f} ms (half the exchange's round trip); drift "
+        + (
+            "unknown (one exchange)"
+            if drift is None
+            else f"{drift:+.1f} ± {clock['drift_error_ppm']:.1f} ppm"
+        )
+    )
+    _say(f"merged run directory: {run_dir}")
+    return 0
+
+
 def cleanup() -> int:
     """Remove what a killed bufdemo run left behind: network namespaces (and the veths and
     queues inside them) whose owner process is gone. Prints each one removed."""
@@ -659,5 +711,5 @@ def cleanup() -> int:
 
 def register(app: typer.Typer) -> None:
     """Add ``run``, ``send``, ``receive``, ``plot``, ``report`` and ``cleanup`` to ``app``."""
-    for command in (run, send, receive, plot, report, cleanup):
+    for command in (run, send, receive, plot, report, merge, cleanup):
         app.command()(command)

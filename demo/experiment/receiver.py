@@ -40,7 +40,20 @@ from bufdemo.experiment.recorder import (
     Sampler,
     TableCheckpoint,
 )
-from bufdemo.experiment.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
+from bufdemo.experiment.wire import (
+    CLOCK_SIZE,
+    HEADER_SIZE,
+    HELLO_SIZE,
+    KIND_CLOCK,
+    KIND_DATA,
+    ClockReading,
+    Decoder,
+    Hello,
+    Message,
+    decode_clock,
+    decode_hello,
+    encode_clock,
+)
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import ReceiverRecord
 
@@ -74,6 +87,10 @@ class ReceiverResult:
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
+    # The clock frames this receiver answered ({"seq", "t1", "t2", "t3"}), and the test
+    # hook's shift of its clock (bufdemo.experiment.clocksync), 0 in normal use.
+    clock: list[dict[str, int]] = field(default_factory=list)
+    clock_shift_ns: int = 0
 
     def as_dict(self) -> ReceiverRecord:
         """The receiver's record in meta.json (and receiver.json)."""
@@ -93,6 +110,7 @@ class ReceiverResult:
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
+            "clock": list(self.clock),
         }
 
 
@@ -190,7 +208,7 @@ def receive_loop(
     and sleeps until the target end it returns.
     """
     plen = hello.size - HEADER_SIZE
-    decoder = Decoder(max_length=plen)
+    decoder = Decoder(max_length=max(plen, CLOCK_SIZE))
     delay_ns = round(recv_delay * 1e9)
     now = time.perf_counter_ns
     sleep = time.sleep
@@ -220,6 +238,9 @@ def receive_loop(
                 return
             decoder.receive_data(data)
         t_read = now()
+        if msg.kind == KIND_CLOCK:  # answered at once, outside the service model
+            _answer_clock(sock, msg, t_read, result)
+            continue
         if msg.kind != KIND_DATA:
             raise ProtocolError(f"unexpected frame kind {msg.kind} after the hello")
         # A frame we had to wait for arrived when it was read; one that was already in
@@ -252,6 +273,16 @@ def receive_loop(
         else:
             result.corrupt += not msg.intact
             result.out_of_order += not in_order
+
+
+def _answer_clock(sock: socket.socket, msg: Message, t_read: int, result: ReceiverResult) -> None:
+    """Answer a clock frame with t2 (read) and t3 (now), on this side's clock (+ the
+    test hook's shift, bufdemo.experiment.clocksync); keep the three readings."""
+    shift = result.clock_shift_ns
+    asked = decode_clock(msg)
+    reading = ClockReading(asked.seq, asked.t1, t_read + shift, time.perf_counter_ns() + shift)
+    sock.sendall(encode_clock(reading))
+    result.clock.append(reading._asdict())
 
 
 _ACCEPT_TIMEOUT_FROM_CONFIG = -1.0  # sentinel: "use cfg.timeout" (None means no limit)

@@ -31,6 +31,7 @@ from typing import Any
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
+from bufdemo.experiment import clocksync
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
@@ -40,7 +41,16 @@ from bufdemo.experiment.recorder import (
     Sampler,
     SendLog,
 )
-from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
+from bufdemo.experiment.wire import (
+    CLOCK_SIZE,
+    ClockReading,
+    Decoder,
+    FrameBlock,
+    Hello,
+    decode_clock,
+    encode_clock,
+    encode_hello,
+)
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import SenderRecord
 
@@ -58,6 +68,8 @@ class SenderResult:
     buffers: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     error: str | None = None
+    # The clock exchanges, each {"seq", "t1", "t2", "t3", "t4"} (clocksync): by-hand only.
+    clock: list[dict[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> SenderRecord:
         """The sender's record in meta.json (and sender.json)."""
@@ -71,6 +83,7 @@ class SenderResult:
             "buffers": self.buffers,
             "complete": self.complete,
             "error": self.error,
+            "clock": list(self.clock),
         }
 
 
@@ -273,6 +286,7 @@ def run_sender(
     run_dir: Path | Callable[[], Path],
     progress: MutableSequence[int] | None = None,
     result: SenderResult | None = None,
+    clock_sync: bool = False,
 ) -> SenderResult:
     """Connect, send, drain, and write the sender's tables into ``run_dir``.
 
@@ -281,6 +295,8 @@ def run_sender(
     ``run_dir`` may be a callable that creates it: it is then called only once the
     connection stands, so a sender that cannot connect leaves no run directory behind.
     Pass ``result`` to keep the record when this raises: it is filled as the run goes.
+    ``clock_sync``: exchange clock readings with the receiver before and after the
+    data (bufdemo.experiment.clocksync), for a run across two hosts.
     """
     result = result if result is not None else SenderResult()
     result.peer = str(to)
@@ -313,9 +329,14 @@ def run_sender(
         sampler.start()
         try:
             sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
+            clock = result.clock if clock_sync else None
+            if clock is not None:
+                _clock_exchanges(sock, cfg, clock, clocksync.BEFORE)
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
+            if clock is not None:
+                _clock_exchanges(sock, cfg, clock, clocksync.AFTER)
             _drain(sock, cfg, log.rows)
             result.complete = True
         except BufdemoError as exc:
@@ -337,6 +358,35 @@ def run_sender(
         blocking.write(run_dir / runformat.BLOCKING_SENDS.file)
         sampler.write(run_dir / runformat.SENDER_SAMPLES.file)
     return result
+
+
+CLOCK_TIMEOUT = 30.0  # the first clock answer: one round trip, unless --timeout says less
+
+
+def _clock_exchanges(
+    sock: socket.socket, cfg: RunConfig, clock: list[dict[str, int]], seqs: range
+) -> None:
+    """Clock exchanges ``seqs``, one after the other: send t1, wait for the answer
+    (t2, t3), note t4. The first after the data is only a marker: it waits behind the
+    data, and its answer says the pipe is empty (clocksync.AFTER)."""
+    decoder = Decoder(CLOCK_SIZE)
+    for seq in seqs:
+        sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
+        # The marker waits until the receiver has read all the data: --timeout, if any.
+        wait = cfg.timeout if seq == seqs[0] and seq > 0 else CLOCK_TIMEOUT
+        deadline = None if wait is None else time.monotonic() + wait
+        while not clock or clock[-1]["seq"] != seq:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready:
+                raise PeerTimeout(f"the receiver did not answer clock frame {seq} within {wait} s")
+            data = sock.recv(4096)
+            t4 = time.perf_counter_ns()
+            if not data:
+                raise PeerError("the receiver closed the connection during the clock exchange")
+            decoder.receive_data(data)
+            while (msg := decoder.next_message()) is not None:
+                clock.append({**decode_clock(msg)._asdict(), "t4": t4})
 
 
 def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
