@@ -28,6 +28,8 @@ from bufdemo.analysis.plots import TIME_LABEL, byte_unit, stride
 
 __all__ = ["limits_figure", "plot_link_queue", "plot_windows"]
 
+LINTHRESH = 1000.0  # bytes: below about one segment the log axis turns linear, down to 0
+
 
 def _series(run: Run, column: str) -> tuple[np.ndarray, np.ndarray]:
     ss = run.sender_samples
@@ -48,19 +50,19 @@ def plot_windows(ax: Axes, run: Run) -> list[Artist]:
         "congestion window (cwnd x mss)": (cwnd * mss, "tab:orange", 1.5),
         "bytes in flight (outq - outq_nsd)": (outq - nsd, "tab:gray", 1.0),
     }
-    peak = max((np.nanmax(v) for v, _, _ in lines.values() if np.isfinite(v).any()), default=1)
-    div, name = byte_unit(float(peak))
     artists: list[Artist] = []
     for label, (values, color, width) in lines.items():
         if not np.isfinite(values).any():
             continue
-        ts, vs = stride(t, values / div)
+        ts, vs = stride(t, values)
         artists += ax.plot(
             ts, vs, drawstyle="steps-post", color=color, linewidth=width, label=label
         )
-    top = max(ax.get_ylim()[1], 1.0)
-    ax.set_ylim(-0.05 * top, top)
-    ax.set_ylabel(f"window\n({name}; 0 = shut)")
+    # Log bytes: an open window (megabytes) and cwnd (hundreds of KB) both readable;
+    # symlog keeps 0 (a shut window) on the axis, at the bottom.
+    ax.set_yscale("symlog", linthresh=LINTHRESH)
+    ax.set_ylim(bottom=-LINTHRESH / 2)
+    ax.set_ylabel("bytes (log; 0 = shut)")
     if artists:
         ax.legend(loc="upper right", fontsize="small")
     return artists
@@ -69,6 +71,9 @@ def plot_windows(ax: Axes, run: Run) -> list[Artist]:
 def plot_link_queue(ax: Axes, run: Run) -> list[Artist]:
     """The bottleneck queue's backlog over time (empty panel, labelled, without one)."""
     ls = run.link_samples
+    ss = run.sender_samples
+    if not ls.empty and not ss.empty:  # the run's span: not the set-up before the connection
+        ls = ls[(ls["t"] >= ss["t"].min()) & (ls["t"] <= ss["t"].max())]
     if ls.empty:
         return [
             ax.text(
