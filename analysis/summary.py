@@ -45,6 +45,10 @@ SUMMARY_KEYS = (
     "service_seconds_mean",
     "phases",
     "notes",
+    "limited_by",
+    "goodput_mbit",
+    "link_mbit",
+    "limits",
 )
 
 # Loopback's MSS is ~64 KiB (docs/kernel.md, "The receive window"). A receive buffer below it

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 __all__ = [
+    "ADDED_COLUMNS",
     "BLOCKING_SENDS",
     "CONSUMED",
     "FORMAT_VERSION",
@@ -132,6 +133,10 @@ _SAMPLE_DTYPES: dict[str, str] = {
     "total_retrans": _F64,
     "busy_time_us": _F64,
 }
+
+# Columns added to format 1 after its first release: a table written before them lacks
+# them and is read with them empty (NaN), as the Versions section of run-format.md says.
+ADDED_COLUMNS = frozenset({"snd_cwnd", "snd_mss", "rtt_us", "total_retrans", "busy_time_us"})
 
 SENDER_SAMPLES = TableFormat("sender_samples", _SAMPLE_DTYPES)
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bufdemo import analysis, leftovers
@@ -23,7 +24,7 @@ from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.experiment import netns
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.run import run_experiment
-from bufdemo.runformat import LINK_SAMPLES
+from bufdemo.runformat import ADDED_COLUMNS, LINK_SAMPLES
 from tests.conftest import require_root, require_tool
 from tests.procs import Bufdemo
 
@@ -240,3 +241,17 @@ def test_a_sigkilled_runs_namespaces_are_removed_by_cleanup(
     for name in names:
         assert f"removed netns {name} (owner pid {bd.pid} is gone)" in out
     assert not _namespaces_of(bd.pid)
+
+
+def test_a_run_written_before_the_link_columns_still_loads(tmp_path: Path) -> None:
+    from tests.synthetic import Model, write_run
+
+    write_run(tmp_path, Model(messages=200))
+    path = tmp_path / "sender_samples.csv"
+    frame = pd.read_csv(path)
+    frame.drop(columns=sorted(ADDED_COLUMNS)).to_csv(path, index=False)
+    run = analysis.load_run(tmp_path)
+    assert run.sender_samples[sorted(ADDED_COLUMNS)].isna().all().all()
+    assert run.link_samples.empty
+    summary = analysis.summarize(run)
+    assert summary["limited_by"] is None  # unknown without busy_time, not a guess
