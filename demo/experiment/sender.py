@@ -330,8 +330,8 @@ def run_sender(
         try:
             sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
             clock = result.clock if clock_sync else None
-            if clock is not None:
-                _clock_exchanges(sock, cfg, clock, clocksync.BEFORE)
+            if clock is not None and not _clock_exchanges(sock, cfg, clock, clocksync.BEFORE):
+                clock = None  # not a bufdemo receiver (nc, a raw socket): no clocks to align
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
@@ -360,24 +360,34 @@ def run_sender(
     return result
 
 
-CLOCK_TIMEOUT = 30.0  # the first clock answer: one round trip, unless --timeout says less
+# A bufdemo receiver answers the first clock frame within a round trip (plus creating its
+# run directory); a peer that is not one (nc, a socket that never reads) never does, and
+# the run goes on without clock readings after this wait.
+FIRST_ANSWER_WAIT = 2.0
+CLOCK_TIMEOUT = 30.0  # any later answer: the receiver has shown it answers
 
 
 def _clock_exchanges(
     sock: socket.socket, cfg: RunConfig, clock: list[dict[str, int]], seqs: range
-) -> None:
+) -> bool:
     """Clock exchanges ``seqs``, one after the other: send t1, wait for the answer
     (t2, t3), note t4. The first after the data is only a marker: it waits behind the
-    data, and its answer says the pipe is empty (clocksync.AFTER)."""
+    data, and its answer says the pipe is empty (clocksync.AFTER). False: no answer to
+    the very first frame within FIRST_ANSWER_WAIT (the peer is not a bufdemo receiver)."""
     decoder = Decoder(CLOCK_SIZE)
     for seq in seqs:
         sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
-        # The marker waits until the receiver has read all the data: --timeout, if any.
-        wait = cfg.timeout if seq == seqs[0] and seq > 0 else CLOCK_TIMEOUT
+        wait: float | None = CLOCK_TIMEOUT
+        if seq == 0:
+            wait = FIRST_ANSWER_WAIT
+        elif seq == seqs[0]:  # the marker waits until all the data was read: --timeout
+            wait = cfg.timeout
         deadline = None if wait is None else time.monotonic() + wait
         while not clock or clock[-1]["seq"] != seq:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([sock], [], [], left)
+            if not ready and seq == 0:
+                return False
             if not ready:
                 raise PeerTimeout(f"the receiver did not answer clock frame {seq} within {wait} s")
             data = sock.recv(4096)
@@ -387,6 +397,7 @@ def _clock_exchanges(
             decoder.receive_data(data)
             while (msg := decoder.next_message()) is not None:
                 clock.append({**decode_clock(msg)._asdict(), "t4": t4})
+    return True
 
 
 def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
