@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from bufdemo.errors import RunFormatError
-from bufdemo.runformat import FORMAT_VERSION, META_FILE, TABLE_FORMATS, TABLES, Meta
+from bufdemo.runformat import (
+    ADDED_COLUMNS,
+    FORMAT_VERSION,
+    LINK_SAMPLES,
+    META_FILE,
+    TABLE_FORMATS,
+    TABLES,
+    Meta,
+)
 
 __all__ = ["FORMAT_VERSION", "TABLES", "Run", "RunFormatError", "load_run"]
 
@@ -42,6 +50,8 @@ class Run:
     sender_samples: pd.DataFrame
     consumed: pd.DataFrame
     receiver_samples: pd.DataFrame
+    # The bottleneck queue of a --netns --link-rate run; empty for every other run.
+    link_samples: pd.DataFrame = field(default_factory=lambda: _empty(dict(LINK_SAMPLES.dtypes)))
 
     @property
     def t0_ns(self) -> int:
@@ -92,12 +102,17 @@ def _read_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
         raise RunFormatError(f"{name}: cannot read the header: {e}") from e
     if not header:
         raise RunFormatError(f"{name}: empty file, expected a header line")
-    missing = [c for c in columns if c not in header]
+    missing = [c for c in columns if c not in header and c not in ADDED_COLUMNS]
     if missing:
         raise RunFormatError(f"{name}: missing column(s) {', '.join(missing)}")
+    added = [c for c in columns if c not in header]  # an older writer: unknown, NaN
     try:
         # dtype for known columns only; extra columns (a newer writer) are read as-is.
-        frame = pd.read_csv(path, engine="c", dtype=columns)
+        frame = pd.read_csv(
+            path, engine="c", dtype={c: d for c, d in columns.items() if c not in added}
+        )
+        for c in added:
+            frame[c] = pd.Series(np.nan, index=frame.index, dtype=columns[c])
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OverflowError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RunFormatError(f"{name}: truncated or corrupt table: {reason}") from e

@@ -33,11 +33,15 @@ def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
     out = Path(out_dir) if out_dir is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    figures = (
+    figures = [
         ("timeline", timeline_figure(run)),
         ("zoom", zoom_figure(run)),
         ("latency", latency_figure(run)),
-    )
+    ]
+    if "link" in run.meta:  # a --netns run: which resource limited the sender
+        from bufdemo.analysis.linkplots import limits_figure
+
+        figures.append(("limits", limits_figure(run)))
     for stem, fig in figures:
         for ext in ("png", "svg"):
             path = out / f"{stem}.{ext}"

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from bufdemo.analysis.limits import limit_note, limits
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.stalls import phases, receiver_seconds, sender_seconds, service_times, stalls
 
@@ -46,6 +47,10 @@ SUMMARY_KEYS = (
     "latency",
     "asyncio",
     "notes",
+    "limited_by",
+    "goodput_mbit",
+    "link_mbit",
+    "limits",
 )
 
 # Loopback's MSS is ~64 KiB (docs/kernel.md, "The receive window"). A receive buffer below it
@@ -313,6 +318,7 @@ def summarize(run: Run) -> dict[str, Any]:
 
     out["asyncio"] = user_buffer(run)  # None outside the asyncio modes
     out["notes"] = _notes(run, out, s) + user_buffer_notes(out["asyncio"])
+    _add_limits(run, out)
     if from_progress:
         out["notes"].insert(
             0,
@@ -321,6 +327,18 @@ def summarize(run: Run) -> dict[str, Any]:
             "of recorded sends",
         )
     return out
+
+
+def _add_limits(run: Run, out: dict[str, Any]) -> None:
+    """Which resource limited the sender (bufdemo.analysis.limits), and the throughput."""
+    lim = limits(run)
+    out["limited_by"] = lim["limited_by"]
+    out["goodput_mbit"] = None if lim["goodput_bps"] is None else lim["goodput_bps"] / 1e6
+    out["link_mbit"] = None if lim["link_bps"] is None else lim["link_bps"] / 1e6
+    out["limits"] = lim
+    note = limit_note(lim)
+    if note is not None:
+        out["notes"].append(note)
 
 
 def _seconds(value: float | None, digits: int = 3) -> str:

@@ -73,22 +73,6 @@ lecture_cli.register(app)
 sweep_cli.register(app)
 
 
-@app.command()
-def cleanup() -> int:
-    """Remove what runs killed outright (SIGKILL) left in the kernel: tracefs instances
-    named bufdemo-PID-... whose process is gone. A run in progress is left alone; every
-    run also does this when it starts tracing."""
-    from bufdemo import stale
-    from bufdemo.console import out
-
-    removed = stale.sweep()
-    for line in removed:
-        out.print(f"removed {line}", markup=False, highlight=False)
-    if not removed:
-        out.print("nothing to clean up", markup=False, highlight=False)
-    return 0
-
-
 # Settings whose option is not "--" + the setting with "-" for "_": the exceptions.
 OPTION_FOR_SETTING = {
     "plot": "--no-plot",  # RunConfig.plot is the negation of the flag

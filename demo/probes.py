@@ -72,6 +72,7 @@ _TCP_INFO_FIELDS: dict[str, tuple[int, str]] = {
     "rcv_mss": (20, "I"),
     "unacked": (24, "I"),
     "rtt_us": (68, "I"),
+    "total_retrans": (100, "I"),
     "snd_cwnd": (80, "I"),
     "rcv_space": (96, "I"),
     "segs_out": (136, "I"),
@@ -264,6 +265,13 @@ SAMPLED_TCP_INFO = (
     "sndbuf_limited_us",
     "probes",
     "backoff",
+    # What a run over a link needs (bufdemo run --netns): the congestion window (in
+    # segments of snd_mss), the smoothed RTT, retransmissions, time with data in flight.
+    "snd_cwnd",
+    "snd_mss",
+    "rtt_us",
+    "total_retrans",
+    "busy_time_us",
 )
 
 # Host settings that decide buffer sizes and wake-ups (see docs/run-format.md).
@@ -305,9 +313,15 @@ NETSTAT_COUNTERS = (
 def netstat_counters(path: Path = Path("/proc/net/netstat")) -> dict[str, int] | None:
     """All TcpExt counters of this network namespace, or None where there is no procfs."""
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except OSError:
         return None
+    return parse_netstat(text)
+
+
+def parse_netstat(text: str) -> dict[str, int] | None:
+    """The TcpExt counters in the text of a /proc/net/netstat (None: no TcpExt lines)."""
+    lines = text.splitlines()
     for names, values in zip(lines[::2], lines[1::2], strict=False):
         if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
             keys = names.split()[1:]

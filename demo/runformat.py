@@ -25,13 +25,16 @@ from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
 __all__ = [
+    "ADDED_COLUMNS",
     "BLOCKING_SENDS",
     "CAPTURE_FILE",
     "CONSUMED",
     "FORMAT_VERSION",
     "KERNEL_EVENTS",
     "LATENCY",
+    "LINK_SAMPLES",
     "META_FILE",
+    "OPTIONAL_TABLES",
     "OPTIONAL_TABLE_FORMATS",
     "RECEIVER_SAMPLES",
     "SENDER_SAMPLES",
@@ -152,7 +155,38 @@ _SAMPLE_DTYPES: dict[str, str] = {
     "fwd_alloc": _F64,
     "backlog": _F64,
     "drops": _F64,
+    "snd_cwnd": _F64,
+    "snd_mss": _F64,
+    "rtt_us": _F64,
+    "total_retrans": _F64,
+    "busy_time_us": _F64,
 }
+
+# Columns added to format 1 after its first release: a table written before them lacks
+# them and is read with them empty (NaN), as the Versions section of run-format.md says.
+ADDED_COLUMNS = frozenset(
+    {
+        # tcp_info for runs over a link (--netns)
+        "snd_cwnd",
+        "snd_mss",
+        "rtt_us",
+        "total_retrans",
+        "busy_time_us",
+        # SO_MEMINFO, the blocking rule in the kernel's own numbers
+        "wmem_queued",
+        "sk_sndbuf",
+        "wmem_alloc",
+        "rmem_alloc",
+        "sk_rcvbuf",
+        "fwd_alloc",
+        "backlog",
+        "drops",
+        "wmem_queued_start",
+        "sk_sndbuf_start",
+        "wmem_queued_end",
+        "sk_sndbuf_end",
+    }
+)
 
 SENDER_SAMPLES = TableFormat("sender_samples", _SAMPLE_DTYPES)
 
@@ -186,6 +220,21 @@ TRANSPORT_SAMPLES = TableFormat(
     },
 )
 
+# The bottleneck queue (tbf) of a --netns --link-rate run, sampled by `bufdemo run`
+# with `tc -s qdisc` every 50 ms; absent in every other run (then read as empty).
+LINK_SAMPLES = TableFormat(
+    "link_samples",
+    {
+        "t_ns": _I64,
+        "backlog_bytes": _I64,
+        "backlog_packets": _I64,
+        "drops": _I64,
+        "sent_bytes": _I64,
+        "sent_packets": _I64,
+        "overlimits": _I64,
+    },
+)
+
 #: Every table of format 1, sender's first.
 TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDS,
@@ -193,6 +242,7 @@ TABLE_FORMATS: tuple[TableFormat, ...] = (
     SENDER_SAMPLES,
     CONSUMED,
     RECEIVER_SAMPLES,
+    LINK_SAMPLES,
 )
 
 CAPTURE_FILE = "capture.pcap"  # `--capture`: tcpdump's own file, headers only
@@ -291,6 +341,8 @@ SWEEP = TableFormat(
         "complete": "boolean",
     },
 )
+#: Tables only some runs write (absent: read as empty): link_samples (--netns --link-rate).
+OPTIONAL_TABLES = frozenset({"link_samples"})
 
 #: The same as a plain mapping: file stem -> {column: dtype}. All columns are required.
 TABLES: dict[str, dict[str, str]] = {t.stem: dict(t.dtypes) for t in TABLE_FORMATS}
@@ -336,6 +388,9 @@ class _SideRecord(TypedDict):
     complete: bool
     error: str | None
     cookie: NotRequired[int | None]  # SO_COOKIE: the socket's id in kernel_events.csv
+    # The clock exchanges (bufdemo.experiment.clocksync): the sender's {"seq", "t1",
+    # "t4"}, the receiver's {"seq", "t1", "t2", "t3"}; empty without one.
+    clock: NotRequired[list[dict[str, int]]]
 
 
 class AsyncioRecord(TypedDict):
@@ -420,3 +475,5 @@ class Meta(_MetaRequired, total=False):
 
     last_progress: LastProgress  # `bufdemo run` only
     witnesses: dict[str, WitnessRecord]  # `bufdemo run --trace/--capture` only
+    link: dict[str, Any]  # `bufdemo run --netns` only: namespaces, addresses, qdisc
+    clock: dict[str, Any]  # `bufdemo merge` only: the offset between the two hosts' clocks

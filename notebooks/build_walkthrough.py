@@ -311,7 +311,7 @@ fig""",
     ),
     (
         "md",
-        """## 8. What the buffer costs in latency
+        """## 9. What the buffer costs in latency
 
 A message handed to the kernel is not delivered: it waits its turn. bufdemo follows
 every message from the moment `send()` returned, through the kernel's transmit
@@ -420,12 +420,57 @@ say(
     ),
     (
         "md",
+        """## 10. Slow link vs slow reader
+
+On loopback the only thing that can hold the sender back is the reader. Over a real
+link there is a second kind of backpressure: the link's rate. `run(netns=True)` puts
+each side in its own network namespace, joined by a veth pair; `link_rate` puts a
+20 Mbit/s bottleneck with a queue on the sender's side (this needs root). Both runs
+below block in `send()`; the windows tell them apart.""",
+    ),
+    (
+        "code",
+        """import os
+
+from bufdemo.analysis.linkplots import plot_link_queue, plot_windows
+
+if os.geteuid() != 0:
+    say("This section needs root (network namespaces): skipped on this machine.")
+else:
+    slow_link = run(netns=True, link_rate="20mbit", recv_delay=0.0, messages=5000)
+    slow_reader = run(netns=True, recv_delay=0.001, messages=5000)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 6), sharex="col")
+    for col, (title, r) in enumerate((("slow link", slow_link), ("slow reader", slow_reader))):
+        plot_windows(axes[0][col], r)
+        axes[0][col].set_title(title)
+        plot_link_queue(axes[1][col], r)
+        axes[1][col].set_xlabel("time since connection (s)")
+    plt.show()
+    lk, rd = analysis.summarize(slow_link), analysis.summarize(slow_reader)
+    say(
+        f"Behind the **slow link** the sender blocked {lk['blocking_sends']:,} times, yet "
+        f"the receiver's window was shut in only {lk['limits']['window_shut_share']:.0%} "
+        f"of the samples: tcp_info counts {lk['limits']['cwnd_limited_share']:.0%} of the "
+        f"busy time as limited by the congestion window, and the bottleneck queue held up "
+        f"to {lk['limits']['max_link_backlog_bytes']:,.0f} B (srtt "
+        f"{lk['limits']['srtt_ms_median']:.1f} ms, goodput {lk['goodput_mbit']:.1f} Mbit/s "
+        f"through a 20 Mbit/s link). Verdict: **{lk['limited_by']}**.\\n\\n"
+        f"Behind the **slow reader** the sender blocked {rd['blocking_sends']:,} times and "
+        f"the window was shut in {rd['limits']['window_shut_share']:.0%} of the samples: "
+        f"{rd['limits']['rwnd_limited_share']:.0%} of the busy time was limited by the "
+        f"receiver's window, with no queue on the link (srtt "
+        f"{rd['limits']['srtt_ms_median']:.1f} ms). Verdict: **{rd['limited_by']}**."
+    )""",
+    ),
+    (
+        "md",
         """## Where to go next
 
 - `bufdemo run --help`, and the same experiment with `--mode select` (the sender waits
   for select()'s *writable* event instead of blocking in `send()`).
 - `bufdemo lab list`: every claim of the lecture as an experiment.
-- `docs/run-format.md`: every file and column of a run directory.""",
+- `docs/run-format.md`: every file and column of a run directory.
+- `docs/two-hosts.md`: the link options, and a run across two machines with `bufdemo merge`.""",
     ),
 ]
 
@@ -435,7 +480,7 @@ say(
 BUFFER_ABOVE_KERNEL_CELLS: list[tuple[str, str]] = [
     (
         "md",
-        """## 8. The buffer above the kernel: asyncio
+        """## 11. The buffer above the kernel: asyncio
 
 Most Python code never calls `send()`: it calls `StreamWriter.write()`, which never
 blocks. What the kernel does not take waits in the transport's buffer, in user space.
@@ -483,7 +528,7 @@ say(
     ),
     (
         "md",
-        """## 9. One slow client
+        """## 12. One slow client
 
 The same trap one level down, in a server: a broadcast server sends every message to
 every client, and one client stops reading for a second. Three designs: (a) the

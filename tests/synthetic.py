@@ -229,6 +229,12 @@ def _samples(m: Model, sim: dict[str, npt.NDArray[Any]], side: str) -> pd.DataFr
             "sndbuf_limited_us": zero,
             "probes": zero,
             "backoff": zero,
+            "snd_cwnd": zero + 10,
+            "snd_mss": zero + 65483,
+            "rtt_us": zero + 50,
+            "total_retrans": zero,
+            # Data waiting to go out: the time tcp_info counts as busy (>= rwnd-limited).
+            "busy_time_us": np.cumsum((outq > 0) * interval_us) if side == "sender" else zero,
         }
     )
     # SO_MEMINFO, roughly: truesize ~3% above the payload queues, nothing else held.

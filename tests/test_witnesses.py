@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bufdemo
-from bufdemo import RunConfig, runformat, stale
+from bufdemo import RunConfig, runformat
+from bufdemo.experiment import tracing
 from bufdemo.experiment.capture import PcapError, read_pcap, wire_events
 from bufdemo.experiment.tracing import TRACEFS_ROOTS, parse_trace, parse_trace_line
 from tests.conftest import missing, require_root, require_tool
@@ -243,7 +244,7 @@ def test_the_sweep_removes_only_dead_owners_instances(tmp_path: Path) -> None:
     other = instances / "someone-else"
     for d in (dead, alive, other):
         d.mkdir(parents=True)
-    assert stale.sweep_trace_instances(tmp_path) == [dead.name]
+    assert tracing.sweep_instances(tmp_path) == [dead.name]
     assert not dead.exists()
     assert alive.exists()
     assert other.exists()

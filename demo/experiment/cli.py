@@ -12,7 +12,9 @@ Errors are raised, not printed: :func:`bufdemo.cli.main` turns them into one lin
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import time
 from array import array
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from rich.table import Table
 
 from bufdemo.console import err, one_line, out
 from bufdemo.errors import ConfigError
+from bufdemo.experiment import clocksync
 from bufdemo.experiment.config import (
     DEFAULT_MESSAGES,
     DEFAULT_RECV_DELAY,
@@ -189,6 +192,56 @@ CaptureOpt = Annotated[
         "wire_events.csv. Needs tcpdump and root; without them the run goes on and says why.",
     ),
 ]
+NetnsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--netns",
+        metavar="",
+        help="Run each side in its own network namespace, joined by a veth pair (a real "
+        "link: 1500-byte MTU, a queue where --link-rate puts one). Needs root and iproute2; "
+        "the namespaces are removed at the end (bufdemo cleanup removes a killed run's).",
+    ),
+]
+LinkRateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-rate",
+        metavar="RATE",
+        help="With --netns: a bottleneck of RATE (tc units: 20mbit, 500kbit, 1gbit; "
+        "tbf on the sender's egress).",
+    ),
+]
+LinkQueueOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-queue",
+        metavar="SIZE|TIME",
+        help="With --link-rate: the bottleneck's queue, in bytes (64kb) or in time at the "
+        "rate (50ms). Default 100ms.",
+    ),
+]
+MtuOpt = Annotated[
+    int | None,
+    typer.Option("--mtu", metavar="BYTES", help="With --netns: the veth pair's MTU (576-65535)."),
+]
+LinkDelayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-delay",
+        metavar="TIME",
+        help="With --netns: added one-way delay (10ms); needs the netem qdisc in the kernel "
+        "(refused at once where it is missing).",
+    ),
+]
+LinkLossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--link-loss",
+        metavar="PERCENT",
+        help="With --netns: random loss on the sender's egress (1%); needs netem, like "
+        "--link-delay.",
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -243,10 +296,17 @@ def run(
     capture: CaptureOpt = False,
     send_rate: SendRateOpt = None,
     notsent_lowat: NotsentLowatOpt = None,
+    use_netns: NetnsOpt = False,
+    link_rate: LinkRateOpt = None,
+    link_queue: LinkQueueOpt = None,
+    mtu: MtuOpt = None,
+    link_delay: LinkDelayOpt = None,
+    link_loss: LinkLossOpt = None,
 ) -> int:
-    """Run the experiment on loopback: a receiver process that spends --recv-delay on each
-    message and a sender process that pushes --messages as fast as the kernel accepts
-    them. Records every send, logs every blocking send with the queues around it,
+    """Run the experiment on loopback (with --netns: over a veth link between two network
+    namespaces): a receiver process that spends --recv-delay on each message and a
+    sender process that pushes --messages as fast as the kernel accepts them. Records
+    every send, logs every blocking send with the queues around it,
     samples both sockets, then writes a run directory (inside --out), its summary and
     the timeline plot. Progress on stderr; the summary on stdout.
     """
@@ -268,7 +328,19 @@ def run(
         capture=capture,
         send_rate=send_rate,
         notsent_lowat=notsent_lowat,
+        netns=use_netns,
+        link_rate=link_rate,
+        link_queue=link_queue,
+        mtu=mtu,
+        link_delay=link_delay,
+        link_loss=link_loss,
     )
+    if cfg.netns:  # before anything is created: what is missing is a usage error, exit 2
+        from bufdemo.experiment import netns
+
+        netns.check_can_create()
+        if cfg.link_delay is not None or cfg.link_loss is not None:
+            netns.check_netem("link_delay" if cfg.link_delay is not None else "link_loss")
     latest: list[Progress | None] = [None]
 
     def read() -> Reading:
@@ -366,6 +438,9 @@ SUMMARY_ROWS = (
     ("rcvbuf_granted", "SO_RCVBUF granted", "B"),
     ("max_send_queue_bytes", "peak send queue (SIOCOUTQ)", "B"),
     ("max_recv_queue_bytes", "peak receive queue (SIOCINQ)", "B"),
+    ("limited_by", "limited by (tcp_info)", ""),
+    ("goodput_mbit", "goodput (message bytes)", "Mbit/s"),
+    ("link_mbit", "bottleneck rate while queued", "Mbit/s"),
     ("complete", "complete", ""),
 )
 
@@ -487,17 +562,24 @@ def receive(
         **_token_setting(token_bytes),
     )
     if not address.is_loopback:
-        one_line(
-            f"warning: listening on {address}: other hosts can reach this port"
-            + ("" if token_bytes else "; pass --token so only your sender is accepted")
-        )
+        generated = ""
+        if token_bytes is None:  # reachable by strangers: only a sender with the token
+            token_bytes = secrets.token_bytes(16)
+            cfg = dataclasses.replace(cfg, token=token_bytes)
+            generated = (
+                f"; a token is required, generated: {token_bytes.hex()} "
+                f"(pass --token {token_bytes.hex()} to bufdemo send)"
+            )
+        one_line(f"warning: listening on {address}: other hosts can reach this port{generated}")
+    shift = clocksync.clock_shift_ns()  # the test hook; 0 in normal use
     check_out_dir(cfg.out)
     progress = array("q", [0] * PROGRESS_SLOTS)
-    result = ReceiverResult()
+    result = ReceiverResult(clock_shift_ns=shift)
     made = LazyRunDir(cfg.out, f"receive-d{cfg.recv_delay:g}")
 
     def on_listening(addr: Address) -> None:
-        one_line(f"listening on {addr}; now start: bufdemo send --to {addr}")
+        with_token = "" if token_bytes is None else f" --token {token_bytes.hex()}"
+        one_line(f"listening on {addr}; now start: bufdemo send --to {addr}{with_token}")
 
     def read() -> Reading:
         now, t0 = time.perf_counter_ns(), result.t_connected_ns
@@ -526,6 +608,8 @@ def receive(
             max_size=max_size,
             result=result,
         )
+        if shift and made.path is not None:
+            clocksync.shift_receiver_run(made.path, result, shift)
     counts = f"consumed {result.messages:,} messages ({result.intact:,} intact)"
     if result.rejected:
         counts += f", {result.rejected:,} stray connection(s) rejected"
@@ -609,7 +693,7 @@ def send(
         kept_on_failure(made, cfg, sender=result),
         _display(read, _progress_shown(as_json), cfg.mode),
     ):
-        run_sender(cfg, address, made.create, progress=progress, result=result)
+        run_sender(cfg, address, made.create, progress=progress, result=result, clock_sync=True)
     counts = f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking"
     if as_json:
         out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
@@ -682,7 +766,64 @@ def report(
     return 0
 
 
+def merge(
+    sender_run: Annotated[
+        Path, typer.Argument(metavar="SENDER_RUN", help="The run directory bufdemo send wrote.")
+    ],
+    receiver_run: Annotated[
+        Path,
+        typer.Argument(metavar="RECEIVER_RUN", help="The run directory bufdemo receive wrote."),
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Where to create the merged run directory. Default: beside SENDER_RUN.",
+        ),
+    ] = None,
+) -> int:
+    """Merge the two halves of a two-host run (bufdemo send on one host, bufdemo receive on
+    the other) into one run directory on the sender's clock, using the clock readings
+    they exchanged before and after the data. Prints the offset, its error bound and the
+    drift (also in meta.json's clock); plot and report then read it like a run's."""
+    from bufdemo.experiment.merge import merge_runs
+
+    run_dir = merge_runs(sender_run, receiver_run, out_dir)
+    clock = json.loads((run_dir / "meta.json").read_text())["clock"]
+    drift = clock["drift_ppm"]
+    _say(
+        f"receiver clock - sender clock: {clock['offset_seconds']:+.6f} s "
+        f"± {clock['error_ns'] / 1e6:.3f} ms (half the exchange's round trip); drift "
+        + (
+            "unknown (one exchange)"
+            if drift is None
+            else f"{drift:+.1f} ± {clock['drift_error_ppm']:.1f} ppm"
+        )
+    )
+    _say(f"merged run directory: {run_dir}")
+    return 0
+
+
+def cleanup() -> int:
+    """Remove what bufdemo runs killed outright (SIGKILL) left in the kernel: network
+    namespaces (with the veths and queues inside them) and tracefs instances whose owner
+    process is gone. A run in progress is left alone. Prints each one removed."""
+    from bufdemo import leftovers
+    from bufdemo.experiment import netns, tracing  # noqa: F401  (each registers its kind)
+
+    removed, failures = leftovers.sweep()
+    for res in removed:
+        _say(f"removed {res.kind} {res.name} (owner pid {res.owner} is gone)")
+    for line in failures:
+        one_line(f"cleanup: could not remove {line}")
+    if not removed and not failures:
+        _say("nothing to clean up")
+    return 1 if failures else 0
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``run``, ``send``, ``receive``, ``plot`` and ``report`` to ``app``."""
-    for command in (run, send, receive, plot, report):
+    """Add ``run``, ``send``, ``receive``, ``plot``, ``report`` and ``cleanup`` to ``app``."""
+    for command in (run, send, receive, plot, report, merge, cleanup):
         app.command()(command)

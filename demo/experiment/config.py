@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bufdemo.errors import ConfigError
+from bufdemo.experiment import netns as netlink
 from bufdemo.experiment.wire import HEADER_SIZE, TOKEN_SIZE
 from bufdemo.runformat import ConfigRecord
 
@@ -53,6 +54,8 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 MAX_SEND_RATE = 1_000_000.0
 # TCP_NOTSENT_LOWAT is an int in the kernel; above 1 GiB it is as good as unset.
 MAX_NOTSENT_LOWAT = 1 << 30
+MIN_MTU = 576  # IPv4's minimum datagram every host must accept; below it TCP barely moves
+MAX_MTU = 65535  # a veth's maximum
 
 
 class Mode(StrEnum):
@@ -134,6 +137,13 @@ class RunConfig:
     send_rate: float | None = None
     # TCP_NOTSENT_LOWAT on the sender's socket, bytes; None: the host's default (off).
     notsent_lowat: int | None = None
+    # A real link (bufdemo.experiment.netns): each side in its own network namespace.
+    netns: bool = False
+    link_rate: str | None = None  # e.g. "20mbit": tbf on the sender's egress
+    link_queue: str | None = None  # bytes ("64kb") or time at the rate ("50ms")
+    mtu: int | None = None
+    link_delay: str | None = None  # netem: refused at set-up where the kernel has none
+    link_loss: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("messages", self.messages, 1, MAX_MESSAGES)
@@ -175,6 +185,32 @@ class RunConfig:
             _check_int("notsent_lowat", self.notsent_lowat, 1, MAX_NOTSENT_LOWAT)
         if len(self.token) != TOKEN_SIZE:
             raise ConfigError("token", f"must be {TOKEN_SIZE} bytes, got {len(self.token)}")
+        self._check_link()
+
+    def _check_link(self) -> None:
+        if self.mtu is not None:
+            _check_int("mtu", self.mtu, MIN_MTU, MAX_MTU)
+        for setting in ("link_rate", "link_queue", "mtu", "link_delay", "link_loss"):
+            if getattr(self, setting) is not None and not self.netns:
+                raise ConfigError(setting, "needs --netns (a link exists only between namespaces)")
+        if self.netns and self.capture:  # tcpdump listens on the host's loopback
+            raise ConfigError(
+                "capture", "does not work with --netns yet (tcpdump would watch loopback)"
+            )
+        if self.link_queue is not None and self.link_rate is None:
+            raise ConfigError("link_queue", "needs --link-rate (the queue is the tbf's)")
+        self.link().limit_bytes()  # parses rate and queue: ConfigError names the setting
+        if self.link_delay is not None:
+            netlink.parse_delay(self.link_delay)
+        if self.link_loss is not None:
+            netlink.parse_loss(self.link_loss)
+
+    def link(self) -> netlink.LinkSettings:
+        """The link's settings, parsed (meaningful with ``netns``)."""
+        rate = None if self.link_rate is None else netlink.parse_rate(self.link_rate)
+        return netlink.LinkSettings(
+            rate, self.link_queue, self.mtu, self.link_delay, self.link_loss
+        )
 
     def _check_write_buffer_limits(self, limits: tuple[int, int | None]) -> None:
         if self.mode not in ASYNCIO_MODES:

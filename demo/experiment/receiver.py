@@ -40,7 +40,20 @@ from bufdemo.experiment.recorder import (
     Sampler,
     TableCheckpoint,
 )
-from bufdemo.experiment.wire import HEADER_SIZE, HELLO_SIZE, KIND_DATA, Decoder, Hello, decode_hello
+from bufdemo.experiment.wire import (
+    CLOCK_SIZE,
+    HEADER_SIZE,
+    HELLO_SIZE,
+    KIND_CLOCK,
+    KIND_DATA,
+    ClockReading,
+    Decoder,
+    Hello,
+    Message,
+    decode_clock,
+    decode_hello,
+    encode_clock,
+)
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import ReceiverRecord
 
@@ -75,6 +88,10 @@ class ReceiverResult:
     complete: bool = False
     error: str | None = None
     cookie: int | None = None  # SO_COOKIE of the connected socket (the trace's id)
+    # The clock frames this receiver answered ({"seq", "t1", "t2", "t3"}), and the test
+    # hook's shift of its clock (bufdemo.experiment.clocksync), 0 in normal use.
+    clock: list[dict[str, int]] = field(default_factory=list)
+    clock_shift_ns: int = 0
 
     def as_dict(self) -> ReceiverRecord:
         """The receiver's record in meta.json (and receiver.json)."""
@@ -95,6 +112,7 @@ class ReceiverResult:
             "complete": self.complete,
             "error": self.error,
             "cookie": self.cookie,
+            "clock": list(self.clock),
         }
 
 
@@ -192,7 +210,7 @@ def receive_loop(
     and sleeps until the target end it returns.
     """
     plen = hello.size - HEADER_SIZE
-    decoder = Decoder(max_length=plen)
+    decoder = Decoder(max_length=max(plen, CLOCK_SIZE))
     delay_ns = round(recv_delay * 1e9)
     now = time.perf_counter_ns
     sleep = time.sleep
@@ -222,6 +240,9 @@ def receive_loop(
                 return
             decoder.receive_data(data)
         t_read = now()
+        if msg.kind == KIND_CLOCK:  # answered at once, outside the service model
+            _answer_clock(sock, msg, t_read, result)
+            continue
         if msg.kind != KIND_DATA:
             raise ProtocolError(f"unexpected frame kind {msg.kind} after the hello")
         # A frame we had to wait for arrived when it was read; one that was already in
@@ -254,6 +275,16 @@ def receive_loop(
         else:
             result.corrupt += not msg.intact
             result.out_of_order += not in_order
+
+
+def _answer_clock(sock: socket.socket, msg: Message, t_read: int, result: ReceiverResult) -> None:
+    """Answer a clock frame with t2 (read) and t3 (now), on this side's clock (+ the
+    test hook's shift, bufdemo.experiment.clocksync); keep the three readings."""
+    shift = result.clock_shift_ns
+    asked = decode_clock(msg)
+    reading = ClockReading(asked.seq, asked.t1, t_read + shift, time.perf_counter_ns() + shift)
+    sock.sendall(encode_clock(reading))
+    result.clock.append(reading._asdict())
 
 
 _ACCEPT_TIMEOUT_FROM_CONFIG = -1.0  # sentinel: "use cfg.timeout" (None means no limit)

@@ -46,6 +46,7 @@ from typing import Any, cast
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, ConfigError, Interrupted, RunDirError
+from bufdemo.experiment import netns
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
@@ -196,9 +197,17 @@ def _side_main(role: str, run_dir: Path, result: Any, body: Callable[[], object]
 
 
 def _receiver_child(
-    cfg: RunConfig, run_dir: Path, ready: Connection, progress: Any
+    cfg: RunConfig,
+    run_dir: Path,
+    ready: Connection,
+    progress: Any,
+    netns_name: str | None = None,
+    listen: Address = LOOPBACK,
 ) -> None:  # pragma: no cover - runs in a child process
     from bufdemo.experiment.receiver import ReceiverResult, run_receiver
+
+    if netns_name is not None:
+        netns.enter(netns_name)
 
     def on_listening(addr: Address) -> None:
         ready.send((addr.host, addr.port))
@@ -211,7 +220,7 @@ def _receiver_child(
         result,
         lambda: run_receiver(
             cfg,
-            LOOPBACK,
+            listen,
             run_dir,
             token=cfg.token,
             on_listening=on_listening,
@@ -225,9 +234,12 @@ def _receiver_child(
 
 
 def _sender_child(
-    cfg: RunConfig, to: Address, run_dir: Path, progress: Any
+    cfg: RunConfig, to: Address, run_dir: Path, progress: Any, netns_name: str | None = None
 ) -> None:  # pragma: no cover - runs in a child process
     from bufdemo.experiment.sender import SenderResult, run_sender
+
+    if netns_name is not None:
+        netns.enter(netns_name)
 
     result = SenderResult()
     _side_main(
@@ -316,14 +328,21 @@ def kept_on_failure(
             )
 
 
+NETSTAT_SCOPE = "network namespace: shared by every socket in it, not per connection"
+NETNS_SCOPE = (
+    "the run's own two network namespaces (sender's + receiver's, summed): this run's "
+    "connection alone"
+)
+
+
 def _netstat_delta(
-    before: dict[str, int] | None, after: dict[str, int] | None
+    before: dict[str, int] | None, after: dict[str, int] | None, scope: str = NETSTAT_SCOPE
 ) -> dict[str, Any] | None:
     if before is None or after is None:
         return None
     keys = probes.NETSTAT_COUNTERS
     return {
-        "scope": "network namespace: shared by every socket in it, not per connection",
+        "scope": scope,
         "before": {k: before.get(k) for k in keys},
         "after": {k: after.get(k) for k in keys},
         "delta": {k: (after[k] - before[k]) if k in after and k in before else None for k in keys},
@@ -341,6 +360,7 @@ def write_meta(
     reason: str | None,
     last_progress: LastProgress | None = None,
     witnesses: dict[str, WitnessRecord] | None = None,
+    link: dict[str, Any] | None = None,
 ) -> Meta:
     """Write ``meta.json`` (:class:`bufdemo.runformat.Meta`) atomically; return it."""
     t0 = (sender["t_connected_ns"] if sender else None) or (
@@ -362,6 +382,8 @@ def write_meta(
         meta["last_progress"] = last_progress
     if witnesses:
         meta["witnesses"] = witnesses
+    if link is not None:
+        meta["link"] = link
     path = run_dir / runformat.META_FILE
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -407,7 +429,6 @@ def run_experiment(
     ctx = mp.get_context("spawn")
     send_progress = ctx.RawArray("q", PROGRESS_SLOTS)
     recv_progress = ctx.RawArray("q", PROGRESS_SLOTS)
-    before = probes.netstat_counters()
     receiver: mp.process.BaseProcess | None = None
     sender: mp.process.BaseProcess | None = None
     failure: str | None = None
@@ -418,14 +439,29 @@ def run_experiment(
     from bufdemo.experiment.witnesses import Witnesses
 
     witnesses = Witnesses(cfg, run_dir)
+    link: netns.Link | None = None
+    queue: netns.QueueSampler | None = None
+    read_netstat: Callable[[], dict[str, int] | None] = probes.netstat_counters
+    before: dict[str, int] | None = None
+    listen, recv_ns, send_ns = LOOPBACK, None, None
     with StopSignals() as interrupts, contextlib.ExitStack() as cleanup:
         cleanup.callback(witnesses.close)  # every exit path: tcpdump stopped, instance gone
         try:
+            if cfg.netns:
+                link = cleanup.enter_context(netns.Link(cfg.link()))
+                read_netstat = _netns_netstat(link)
+                listen = Address(link.plan.receiver_addr, 0)
+                recv_ns, send_ns = link.plan.receiver_ns, link.plan.sender_ns
+                if cfg.link_rate is not None:
+                    queue = netns.QueueSampler(link)
+                    queue.start()
+                    cleanup.callback(queue.stop)
+            before = read_netstat()
             ready_recv, ready_send = ctx.Pipe(duplex=False)
             try:
                 receiver = ctx.Process(
                     target=_receiver_child,
-                    args=(cfg, run_dir, ready_send, recv_progress),
+                    args=(cfg, run_dir, ready_send, recv_progress, recv_ns, listen),
                     name="bufdemo-receiver",
                 )
                 with blocked():
@@ -441,7 +477,7 @@ def run_experiment(
                 witnesses.start(address.port)  # before the sender connects: SYN recorded
                 sender = ctx.Process(
                     target=_sender_child,
-                    args=(cfg, address, run_dir, send_progress),
+                    args=(cfg, address, run_dir, send_progress, send_ns),
                     name="bufdemo-sender",
                 )
                 with blocked():
@@ -453,6 +489,9 @@ def run_experiment(
             interrupted = True
         interrupts.raising = False  # from here on, Ctrl-C is only counted
         _stop([p for p in (sender, receiver) if p is not None], grace)
+        if queue is not None:
+            queue.stop()
+            queue.write(run_dir / runformat.LINK_SAMPLES.file, runformat.LINK_SAMPLES.columns)
         return _conclude(
             cfg,
             run_dir,
@@ -462,7 +501,34 @@ def run_experiment(
             interrupted=interrupted or interrupts.count > 0,
             survivor=survivor,
             witnesses=witnesses,
+            read_netstat=read_netstat,
+            link=None if link is None else _link_record(link, queue),
         )
+
+
+def _netns_netstat(link: netns.Link) -> Callable[[], dict[str, int] | None]:
+    """The TcpExt counters of the run's two namespaces, summed (each counts one side)."""
+
+    def read() -> dict[str, int] | None:
+        total: dict[str, int] = {}
+        for ns in (link.plan.sender_ns, link.plan.receiver_ns):
+            text = link.netstat_text(ns)
+            counters = None if text is None else probes.parse_netstat(text)
+            if counters is None:
+                return None
+            for k, v in counters.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    return read
+
+
+def _link_record(link: netns.Link, queue: netns.QueueSampler | None) -> dict[str, Any]:
+    record = link.record()
+    record["queue_samples"] = None if queue is None else len(queue.rows)
+    record["queue_samples_error"] = None if queue is None else queue.error
+    record["swept_leftovers"] = [r.name for r in link.swept]
+    return record
 
 
 def _wait_listening(receiver: mp.process.BaseProcess, ready: Connection) -> Address | str:
@@ -490,9 +556,11 @@ def _conclude(
     interrupted: bool,
     survivor: str | None = None,
     witnesses: Any = None,
+    read_netstat: Callable[[], dict[str, int] | None] = probes.netstat_counters,
+    link: dict[str, Any] | None = None,
 ) -> RunResult:
     """Merge both sides' records into meta.json and say whether the run is complete."""
-    after = probes.netstat_counters()
+    after = read_netstat()
     records = {role: _read_side(run_dir, role) for role, _, _ in sides}
     reasons = []
     for role, rec in records.items():
@@ -532,11 +600,12 @@ def _conclude(
         cfg,
         sender=send_rec,
         receiver=recv_rec,
-        netstat=_netstat_delta(before, after),
+        netstat=_netstat_delta(before, after, NETSTAT_SCOPE if link is None else NETNS_SCOPE),
         complete=complete,
         reason=reason,
         last_progress=_last_progress(progress["sender"], progress["receiver"]),
         witnesses=witnesses.records if witnesses is not None else None,
+        link=link,
     )
     notes = tuple(witnesses.notes) if witnesses is not None else ()
     return RunResult(run_dir, complete, reason, interrupted, notes)

@@ -45,7 +45,7 @@ from typing import Any
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
-from bufdemo.experiment import txstamps
+from bufdemo.experiment import clocksync, txstamps
 from bufdemo.experiment.config import ASYNCIO_MODES, Mode, RunConfig
 from bufdemo.experiment.pacing import WAITING, Pacer
 from bufdemo.experiment.recorder import (
@@ -56,7 +56,16 @@ from bufdemo.experiment.recorder import (
     Sampler,
     SendLog,
 )
-from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
+from bufdemo.experiment.wire import (
+    CLOCK_SIZE,
+    ClockReading,
+    Decoder,
+    FrameBlock,
+    Hello,
+    decode_clock,
+    encode_clock,
+    encode_hello,
+)
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import AsyncioRecord, SenderRecord
 
@@ -79,6 +88,8 @@ class SenderResult:
     error: str | None = None
     asyncio: AsyncioRecord | None = None  # the asyncio modes' transport record
     cookie: int | None = None  # SO_COOKIE of the connected socket (the trace's id)
+    # The clock exchanges, each {"seq", "t1", "t2", "t3", "t4"} (clocksync): by-hand only.
+    clock: list[dict[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> SenderRecord:
         """The sender's record in meta.json (and sender.json)."""
@@ -97,6 +108,7 @@ class SenderResult:
             "error": self.error,
             "asyncio": self.asyncio,
             "cookie": self.cookie,
+            "clock": list(self.clock),
         }
 
 
@@ -354,6 +366,7 @@ def run_sender(
     run_dir: Path | Callable[[], Path],
     progress: MutableSequence[int] | None = None,
     result: SenderResult | None = None,
+    clock_sync: bool = False,
 ) -> SenderResult:
     """Connect, send, drain, and write the sender's tables into ``run_dir``.
 
@@ -362,6 +375,8 @@ def run_sender(
     ``run_dir`` may be a callable that creates it: it is then called only once the
     connection stands, so a sender that cannot connect leaves no run directory behind.
     Pass ``result`` to keep the record when this raises: it is filled as the run goes.
+    ``clock_sync``: exchange clock readings with the receiver before and after the
+    data (bufdemo.experiment.clocksync), for a run across two hosts.
     """
     result = result if result is not None else SenderResult()
     if cfg.mode in ASYNCIO_MODES:  # the transport's buffer above the kernel's
@@ -415,9 +430,14 @@ def run_sender(
             stamp_reader.start()
         try:
             sock.sendall(hello)
+            clock = result.clock if clock_sync else None
+            if clock is not None and not _clock_exchanges(sock, cfg, clock, clocksync.BEFORE):
+                clock = None  # not a bufdemo receiver (nc, a raw socket): no clocks to align
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
+            if clock is not None:
+                _clock_exchanges(sock, cfg, clock, clocksync.AFTER)
             _drain(sock, cfg, log.rows)
             result.complete = True
         except BufdemoError as exc:
@@ -446,6 +466,46 @@ def run_sender(
         if stamp_reader is not None:
             stamp_reader.write(run_dir / runformat.TX_TIMESTAMPS.file)
     return result
+
+
+# A bufdemo receiver answers the first clock frame within a round trip (plus creating its
+# run directory); a peer that is not one (nc, a socket that never reads) never does, and
+# the run goes on without clock readings after this wait.
+FIRST_ANSWER_WAIT = 2.0
+CLOCK_TIMEOUT = 30.0  # any later answer: the receiver has shown it answers
+
+
+def _clock_exchanges(
+    sock: socket.socket, cfg: RunConfig, clock: list[dict[str, int]], seqs: range
+) -> bool:
+    """Clock exchanges ``seqs``, one after the other: send t1, wait for the answer
+    (t2, t3), note t4. The first after the data is only a marker: it waits behind the
+    data, and its answer says the pipe is empty (clocksync.AFTER). False: no answer to
+    the very first frame within FIRST_ANSWER_WAIT (the peer is not a bufdemo receiver)."""
+    decoder = Decoder(CLOCK_SIZE)
+    for seq in seqs:
+        sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
+        wait: float | None = CLOCK_TIMEOUT
+        if seq == 0:
+            wait = FIRST_ANSWER_WAIT
+        elif seq == seqs[0]:  # the marker waits until all the data was read: --timeout
+            wait = cfg.timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        while not clock or clock[-1]["seq"] != seq:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready and seq == 0:
+                return False
+            if not ready:
+                raise PeerTimeout(f"the receiver did not answer clock frame {seq} within {wait} s")
+            data = sock.recv(4096)
+            t4 = time.perf_counter_ns()
+            if not data:
+                raise PeerError("the receiver closed the connection during the clock exchange")
+            decoder.receive_data(data)
+            while (msg := decoder.next_message()) is not None:
+                clock.append({**decode_clock(msg)._asdict(), "t4": t4})
+    return True
 
 
 def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:

@@ -21,7 +21,8 @@ by the sides) are kept. ``tcp_send_reset`` has neither port field nor cookie: it
 kept by the ports printed in its text.
 
 The instance is removed on every exit path of `bufdemo run`; one left by a run killed
-with SIGKILL is removed by the next run (:mod:`bufdemo.stale`: its owner pid is gone).
+with SIGKILL is removed by the next run or `bufdemo cleanup` (:mod:`bufdemo.leftovers`:
+its owner pid is gone; :func:`sweep_instances`).
 
 :func:`parse_trace` is sans-IO (lines in, rows and gaps out) and never raises on bad
 input: a line it cannot read is counted as a gap, with the first one kept as an example.
@@ -36,6 +37,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bufdemo import leftovers
 
 __all__ = [
     "INSTANCE_PREFIX",
@@ -292,3 +295,41 @@ def parse_trace(
             row[col] = value
         out.rows.append(row)
     return out
+
+
+# -- leftovers: instances of runs killed with SIGKILL ----------------------------------
+
+_INSTANCE_NAME = re.compile(r"^bufdemo-(\d+)-[0-9a-f]+$")
+
+
+def _list_instances(root: Path | None = None) -> list[leftovers.Leftover]:
+    found: list[leftovers.Leftover] = []
+    for r in [root] if root is not None else list(TRACEFS_ROOTS):
+        try:
+            entries = list((r / "instances").iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            m = _INSTANCE_NAME.match(entry.name)
+            if m:
+                found.append(leftovers.Leftover("tracefs", str(entry), int(m[1])))
+        if root is None and found:
+            break  # one mount point is enough: both paths show the same instances
+    return found
+
+
+def _remove_instance(res: leftovers.Leftover) -> None:
+    os.rmdir(res.name)  # OSError if busy (a reader holds it open): the next sweep retries
+
+
+def sweep_instances(root: Path | None = None) -> list[str]:
+    """Remove the tracefs instances of dead bufdemo runs; return their names."""
+    removed: list[str] = []
+    for res in leftovers.stale(_list_instances(root)):
+        with contextlib.suppress(OSError):
+            _remove_instance(res)
+            removed.append(Path(res.name).name)
+    return removed
+
+
+leftovers.register_kind("tracefs", _list_instances, _remove_instance)

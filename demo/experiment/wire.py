@@ -4,8 +4,8 @@ TCP is a byte stream: it keeps no message boundaries (Nagle and the receiver's r
 coalesce or split writes freely), so every message carries its own frame::
 
     offset size  field
-    0      4     magic     b"BFD1"
-    4      1     kind      0 = data, 1 = hello
+    0      4     magic     b"BFD2" (the protocol's version: 2 added the clock frame)
+    4      1     kind      0 = data, 1 = hello, 2 = clock
     5      3     reserved  zero (anything else is a protocol error)
     8      8     seq       sequence number, big-endian
     16     4     length    payload bytes that follow the header
@@ -22,6 +22,13 @@ recomputes both parts for every frame it reads.
 
 The first frame of a connection is a *hello* whose payload carries the run's token and
 what the sender intends to send; a receiver accepts only a sender that knows its token.
+
+A *clock* frame carries three clock readings (NTP's t1, t2, t3, nanoseconds, signed)
+and is the one frame that also travels backwards. The sender sends ``(t1, 0, 0)`` (its
+clock when sending) before and after the data (seq 0 and 1); the receiver answers each
+at once with ``(t1, t2, t3)``: its clock when the frame was read and when the answer
+was sent. The sender's t4, when the answer arrives, completes the four timestamps
+(:mod:`bufdemo.experiment.clocksync` turns them into an offset and its error bound).
 
 :class:`Decoder` is incremental and sans-IO (h11 style): feed it bytes in any chunking
 with :meth:`Decoder.receive_data`, take complete messages with
@@ -40,26 +47,32 @@ from typing import NamedTuple
 from bufdemo.errors import ProtocolError
 
 __all__ = [
+    "CLOCK_SIZE",
     "HEADER_SIZE",
     "HELLO_SIZE",
+    "KIND_CLOCK",
     "KIND_DATA",
     "KIND_HELLO",
     "MAGIC",
     "TOKEN_SIZE",
+    "ClockReading",
     "Decoder",
     "FrameBlock",
     "Hello",
     "Message",
+    "decode_clock",
     "decode_hello",
+    "encode_clock",
     "encode_frame",
     "encode_hello",
     "header_mix",
 ]
 
-MAGIC = b"BFD1"
+MAGIC = b"BFD2"
 KIND_DATA = 0
 KIND_HELLO = 1
-_KINDS = frozenset({KIND_DATA, KIND_HELLO})
+KIND_CLOCK = 2
+_KINDS = frozenset({KIND_DATA, KIND_HELLO, KIND_CLOCK})
 
 _HEADER = struct.Struct(">4sB3sQII")
 _FIELDS = struct.Struct(">B3xQI")  # bytes 4..20: kind, seq, length
@@ -69,6 +82,8 @@ HEADER_SIZE = _HEADER.size  # 24
 TOKEN_SIZE = 16
 _HELLO = struct.Struct(f">{TOKEN_SIZE}sQI")  # token, messages, frame size
 HELLO_SIZE = _HELLO.size
+_CLOCK = struct.Struct(">qqq")  # t1, t2, t3
+CLOCK_SIZE = _CLOCK.size
 
 
 class Message(NamedTuple):
@@ -117,6 +132,29 @@ def decode_hello(message: Message) -> Hello:
             f"malformed hello frame: {len(message.payload)} payload bytes, intact={message.intact}"
         )
     return Hello(*_HELLO.unpack(message.payload))
+
+
+class ClockReading(NamedTuple):
+    """One clock frame: the exchange it belongs to (seq) and up to three timestamps."""
+
+    seq: int
+    t1: int
+    t2: int = 0
+    t3: int = 0
+
+
+def encode_clock(reading: ClockReading) -> bytes:
+    return encode_frame(KIND_CLOCK, reading.seq, _CLOCK.pack(reading.t1, reading.t2, reading.t3))
+
+
+def decode_clock(message: Message) -> ClockReading:
+    if message.kind != KIND_CLOCK:
+        raise ProtocolError(f"expected a clock frame, got kind={message.kind}")
+    if not message.intact or len(message.payload) != CLOCK_SIZE:
+        raise ProtocolError(
+            f"malformed clock frame: {len(message.payload)} payload bytes, intact={message.intact}"
+        )
+    return ClockReading(message.seq, *_CLOCK.unpack(message.payload))
 
 
 class FrameBlock:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bufdemo import runformat, stale
+from bufdemo import runformat
 from bufdemo.experiment.capture import (
     Capture,
     CaptureUnavailable,
@@ -24,7 +24,12 @@ from bufdemo.experiment.capture import (
     wire_events,
 )
 from bufdemo.experiment.config import RunConfig
-from bufdemo.experiment.tracing import TraceSession, TracingUnavailable, parse_trace
+from bufdemo.experiment.tracing import (
+    TraceSession,
+    TracingUnavailable,
+    parse_trace,
+    sweep_instances,
+)
 from bufdemo.runformat import WitnessRecord
 
 __all__ = ["Witnesses", "write_rows"]
@@ -70,7 +75,7 @@ class Witnesses:
     def start(self, port: int) -> None:
         self.port = port
         if self.cfg.trace:
-            removed = stale.sweep_trace_instances()
+            removed = sweep_instances()
             session = TraceSession(port)
             try:
                 session.start()

@@ -1,0 +1,237 @@
+"""Two hosts: the clock frame, the offset estimator, and merge on real by-hand halves.
+
+The estimator is pure and tested with made-up clocks. The halves run for real: on
+loopback (anywhere), and in two network namespaces as two hosts (root). On one machine
+the true offset is 0, or the amount the test hook shifts the receiver's clock by.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bufdemo import analysis
+from bufdemo.cli import main
+from bufdemo.errors import ProtocolError
+from bufdemo.experiment import clocksync, netns
+from bufdemo.experiment.wire import (
+    KIND_CLOCK,
+    ClockReading,
+    Decoder,
+    decode_clock,
+    encode_clock,
+    encode_frame,
+)
+from tests.conftest import require_root, require_tool
+
+BUFDEMO = [sys.executable, "-m", "bufdemo"]
+MESSAGES = 2000
+
+# -- pure ------------------------------------------------------------------------------
+
+
+def test_a_clock_frame_round_trips_through_the_decoder() -> None:
+    reading = ClockReading(4, 123, -5, 2**62)
+    decoder = Decoder(max_length=24)
+    decoder.receive_data(encode_clock(reading))
+    msg = decoder.next_message()
+    assert msg is not None
+    assert msg.kind == KIND_CLOCK
+    assert decode_clock(msg) == reading
+    with pytest.raises(ProtocolError, match="malformed clock frame"):
+        decode_clock(msg._replace(payload=b"short"))
+    bad = Decoder(max_length=100)
+    bad.receive_data(encode_frame(KIND_CLOCK, 0, b"x" * 24)[:-1] + b"y")  # checksum broken
+    broken = bad.next_message()
+    assert broken is not None
+    with pytest.raises(ProtocolError, match="intact=False"):
+        decode_clock(broken)
+
+
+def _exchange(t1: int, offset: int, there: int, back: int, think: int = 1000) -> dict[str, int]:
+    """Four timestamps for a receiver ``offset`` ns ahead, one-way delays there/back."""
+    t2 = t1 + there + offset
+    t3 = t2 + think
+    return {"t1": t1, "t2": t2, "t3": t3, "t4": t3 - offset + back}
+
+
+def test_symmetric_delays_give_the_offset_exactly() -> None:
+    e = clocksync.Exchange(**_exchange(10_000, offset=2_500_000_000, there=300, back=300))
+    assert e.offset_ns == 2_500_000_000
+    assert e.round_trip_ns == 600
+
+
+@pytest.mark.parametrize(("there", "back"), [(100, 5000), (5000, 100), (0, 4000)])
+def test_asymmetry_stays_within_half_the_round_trip(there: int, back: int) -> None:
+    records = [
+        {"seq": 0, **_exchange(0, -7_000_000, there, back)},
+        {"seq": 3, **_exchange(10**9, -7_000_000, 10**6, 10**6)},  # the marker: queued
+        {"seq": 4, **_exchange(2 * 10**9, -7_000_000, there, back)},
+    ]
+    est = clocksync.estimate(clocksync.exchanges_from(records))
+    assert est is not None
+    assert abs(est.offset_ns - -7_000_000) <= est.error_ns
+    assert est.error_ns == (there + back) / 2  # the marker's long round trip is not used
+
+
+def test_drift_is_the_offsets_change_per_time_and_moves_the_mapping() -> None:
+    # The receiver's clock runs 100 ppm fast: +100 us per second of the sender's.
+    records = [
+        {"seq": 1, **_exchange(0, 1_000_000, 200, 200)},
+        {"seq": 5, **_exchange(10**9, 1_000_000 + 100_000, 200, 200)},
+    ]
+    est = clocksync.estimate(clocksync.exchanges_from(records))
+    assert est is not None
+    assert est.drift_ppm == pytest.approx(100, rel=1e-3)
+    # Half-way, the offset is half-way: a receiver time maps back to the sender's.
+    t_sender = 5 * 10**8
+    t_receiver = t_sender + 1_000_000 + 50_000
+    assert abs(clocksync.to_sender_clock(t_receiver, est) - t_sender) <= 300
+
+
+def test_the_shortest_round_trip_of_each_phase_is_used() -> None:
+    records = [
+        {"seq": 0, **_exchange(0, 0, 5000, 5000)},
+        {"seq": 1, **_exchange(100_000, 0, 100, 120)},
+        {"seq": 2, **_exchange(200_000, 0, 900, 900)},
+    ]
+    (best,) = clocksync.exchanges_from(records)
+    assert best.round_trip_ns == 220
+
+
+def test_the_test_hook_reads_seconds_and_refuses_nonsense() -> None:
+    assert clocksync.clock_shift_ns({}) == 0
+    assert clocksync.clock_shift_ns({clocksync.CLOCK_SHIFT_ENV: "2.5"}) == 2_500_000_000
+    with pytest.raises(Exception, match="must be seconds"):
+        clocksync.clock_shift_ns({clocksync.CLOCK_SHIFT_ENV: "soon"})
+
+
+# -- real halves -----------------------------------------------------------------------
+
+
+def _halves(
+    tmp_path: Path, shift: str | None, listen: str, sender_ns: str | None, receiver_ns: str | None
+) -> tuple[Path, Path]:
+    env = dict(os.environ)
+    env.pop(clocksync.CLOCK_SHIFT_ENV, None)
+    recv_env = dict(env)
+    if shift is not None:
+        recv_env[clocksync.CLOCK_SHIFT_ENV] = shift
+
+    def inside(ns: str | None) -> list[str]:
+        return [] if ns is None else ["ip", "netns", "exec", ns]
+
+    recv = subprocess.Popen(
+        [
+            *inside(receiver_ns),
+            *BUFDEMO,
+            "receive",
+            "--listen",
+            listen,
+            "--recv-delay",
+            "0.0002",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=recv_env,
+    )
+    try:
+        assert recv.stderr is not None
+        line = ""
+        while "now start:" not in line:
+            line = recv.stderr.readline()
+            assert line, "the receiver ended before listening"
+        m = re.search(r"bufdemo send (--to \S+(?: --token [0-9a-f]{32})?)", line)
+        assert m, line
+        send = subprocess.run(
+            [
+                *inside(sender_ns),
+                *BUFDEMO,
+                "send",
+                *m.group(1).split(),
+                "-n",
+                str(MESSAGES),
+                "--out",
+                str(tmp_path / "s"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert send.returncode == 0, send.stderr
+        _out, err = recv.communicate(timeout=120)
+        assert recv.returncode == 0, err
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.communicate()
+    (s_dir,) = (tmp_path / "s").iterdir()
+    (r_dir,) = (tmp_path / "r").iterdir()
+    return s_dir, r_dir
+
+
+def _merge_and_check(
+    tmp_path: Path, s_dir: Path, r_dir: Path, truth_s: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["merge", str(s_dir), str(r_dir), "--out", str(tmp_path / "m")]) == 0
+    assert "merged run directory" in capsys.readouterr().out
+    (m_dir,) = (tmp_path / "m").iterdir()
+    meta = json.loads((m_dir / "meta.json").read_text())
+    clock = meta["clock"]
+    assert abs(clock["offset_ns"] - truth_s * 1e9) <= clock["error_ns"], clock
+    assert clock["error_ns"] > 0
+    assert clock["drift_ppm"] is not None
+    merged, sender, receiver = (analysis.load_run(d) for d in (m_dir, s_dir, r_dir))
+    summary = analysis.summarize(merged)
+    assert summary["messages_sent"] == len(sender.sends) == MESSAGES
+    assert summary["messages_received"] == len(receiver.consumed) == MESSAGES
+    assert summary["messages_intact"] == int(receiver.consumed["intact"].sum())
+    assert summary["complete"] is True
+    # On the sender's clock: each message consumed after it was sent (within the error).
+    sent_at = merged.sends["t_ns"].to_numpy()
+    read_at = merged.consumed["t_read_ns"].to_numpy()
+    assert (read_at - sent_at >= -clock["error_ns"]).all()
+    assert main(["plot", str(m_dir)]) == 0
+    assert (m_dir / "timeline.png").is_file()
+
+
+@pytest.mark.parametrize("shift", [None, "2.5"])
+def test_loopback_halves_merge_onto_the_senders_clock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shift: str | None
+) -> None:
+    s_dir, r_dir = _halves(tmp_path, shift, "127.0.0.1:0", None, None)
+    _merge_and_check(tmp_path, s_dir, r_dir, float(shift or 0), capsys)
+
+
+@pytest.mark.parametrize("shift", [None, "2.5"])
+def test_two_namespaces_as_two_hosts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shift: str | None
+) -> None:
+    require_root("network namespaces")
+    require_tool("ip", "iproute2")
+    with netns.Link(netns.LinkSettings()) as link:
+        p = link.plan
+        s_dir, r_dir = _halves(tmp_path, shift, f"{p.receiver_addr}:0", p.sender_ns, p.receiver_ns)
+    meta = json.loads((r_dir / "meta.json").read_text())
+    assert meta["receiver"]["address"].startswith(p.receiver_addr)
+    _merge_and_check(tmp_path, s_dir, r_dir, float(shift or 0), capsys)
+
+
+def test_merging_the_halves_the_wrong_way_round_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s_dir, r_dir = _halves(tmp_path, None, "127.0.0.1:0", None, None)
+    capsys.readouterr()
+    assert main(["merge", str(r_dir), str(s_dir)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("bufdemo: usage error: SENDER_RUN: has no sender record"), line
