@@ -431,8 +431,12 @@ def run_sender(
         try:
             sock.sendall(hello)
             clock = result.clock if clock_sync else None
-            if clock is not None and not _clock_exchanges(sock, cfg, clock, clocksync.BEFORE):
-                clock = None  # not a bufdemo receiver (nc, a raw socket): no clocks to align
+            if clock is not None:
+                answered = _clock_exchanges(sock, cfg, clock, clocksync.BEFORE)
+                if stamp_reader is not None:  # the clock frames precede the first message
+                    stamp_reader.base += CLOCK_SIZE * (len(clock) if answered else 1)
+                if not answered:
+                    clock = None  # not a bufdemo receiver (nc, a raw socket): no clocks
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
@@ -498,7 +502,11 @@ def _clock_exchanges(
                 return False
             if not ready:
                 raise PeerTimeout(f"the receiver did not answer clock frame {seq} within {wait} s")
-            data = sock.recv(4096)
+            try:  # select() also wakes for the error queue (transmit timestamps): not data
+                data = sock.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                time.sleep(0.001)  # the timestamp reader drains the error queue
+                continue
             t4 = time.perf_counter_ns()
             if not data:
                 raise PeerError("the receiver closed the connection during the clock exchange")

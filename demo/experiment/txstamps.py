@@ -86,7 +86,8 @@ def _clock_offset_ns() -> int:
 class TxStampReader:
     """A thread that drains the error queue into growing columns (kind, offset, t_ns).
 
-    ``base`` is the stream offset of the first message byte (the hello's length).
+    ``base`` is the stream offset of the first message byte (the hello's length, plus
+    whatever the sender writes before the data: it may be raised until then).
     """
 
     def __init__(self, sock: socket.socket, base: int) -> None:
@@ -161,7 +162,7 @@ class TxStampReader:
             full = raw
         self._last[kind] = full
         self.kind.append(kind)
-        self.offset.append(full - self.base)
+        self.offset.append(full)  # the stream's offset: ``base`` is subtracted on output
         self.t_ns.append(real_ns - self.offset_ns)
 
     def counts(self) -> dict[str, int]:
@@ -170,7 +171,8 @@ class TxStampReader:
     def record(self) -> dict[str, Any]:
         """The sender's ``timestamping`` record in meta.json."""
         last_ack = max(
-            (o for k, o in zip(self.kind, self.offset, strict=True) if k == 2), default=None
+            (o - self.base for k, o in zip(self.kind, self.offset, strict=True) if k == 2),
+            default=None,
         )
         return {
             "enabled": True,
@@ -185,10 +187,12 @@ class TxStampReader:
     def write(self, path: Path) -> None:
         """Write tx_timestamps.csv (offsets from the first message byte, monotonic ns)."""
         tmp = path.with_name(path.name + ".part")
+        base = self.base  # may have grown after the start (clock frames before the data)
         with tmp.open("w") as f:
             f.write(",".join(runformat.TX_TIMESTAMPS.columns) + "\n")
             f.writelines(
-                f"{k},{o},{t}\n" for k, o, t in zip(self.kind, self.offset, self.t_ns, strict=True)
+                f"{k},{o - base},{t}\n"
+                for k, o, t in zip(self.kind, self.offset, self.t_ns, strict=True)
             )
         os.replace(tmp, path)
 
