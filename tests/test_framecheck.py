@@ -88,3 +88,19 @@ def test_the_expected_seq_carries_over_between_blocks() -> None:
     assert checker.expected == 40
     assert checker.check_block(stream(40, first=40), 40).out_of_order == 0
     assert checker.check_block(stream(40, first=40), 40).out_of_order == 1
+
+
+def test_sequence_numbers_beyond_the_mix_table_and_near_the_top_are_checked() -> None:
+    checker = FrameChecker(SIZE)
+    for first in (0, 4095, 4096, 10_000_000, 2**64 - 3):
+        buf = (
+            stream(3, first=first)
+            if first < 2**64 - 3
+            else bytearray(
+                b"".join(encode_frame(KIND_DATA, first + j, b"bufdemo " * 5) for j in range(3))
+            )
+        )
+        checker.expected = first
+        assert [checker.check_one(buf, j * SIZE) for j in range(3)] == reference(
+            bytes(buf), SIZE, first
+        )
