@@ -104,3 +104,13 @@ def test_sequence_numbers_beyond_the_mix_table_and_near_the_top_are_checked() ->
         assert [checker.check_one(buf, j * SIZE) for j in range(3)] == reference(
             bytes(buf), SIZE, first
         )
+
+
+@pytest.mark.parametrize("size", [24, 25, 61, 1024])
+def test_any_frame_size_checks_payloads_word_aligned_or_not(size: int) -> None:
+    buf = stream(40, size=size)
+    if size > HEADER_SIZE:
+        buf[7 * size + size - 1] ^= 0x01  # the last payload byte of frame 7
+    block = FrameChecker(size).check_block(buf, 40)
+    assert block.corrupt == (1 if size > HEADER_SIZE else 0)
+    assert [int(i) for i in block.intact] == [int(j != 7 or size == HEADER_SIZE) for j in range(40)]

@@ -138,8 +138,15 @@ class FrameChecker:
         payloads = rows[:, HEADER_SIZE:]
         if self._ref is None:
             self._payload_crc(payloads[0].tobytes())
-        ref = np.frombuffer(self._ref or b"", dtype=np.uint8)
-        same = (payloads == ref).all(axis=1) if len(ref) == plen else np.zeros(frames, bool)
+        ref_bytes = self._ref or b""
+        if len(ref_bytes) != plen:
+            same = np.zeros(frames, bool)
+        elif size % 8 == 0 and plen % 8 == 0:  # compared as 64-bit words: 8x fewer steps
+            words = np.frombuffer(buf, dtype=np.uint64, count=frames * size // 8)
+            words = words.reshape(frames, size // 8)[:, HEADER_SIZE // 8 :]
+            same = (words == np.frombuffer(ref_bytes, dtype=np.uint64)).all(axis=1)
+        else:
+            same = (payloads == np.frombuffer(ref_bytes, dtype=np.uint8)).all(axis=1)
         pcrc = np.full(frames, self._ref_crc, dtype=np.uint64)
         for j in np.flatnonzero(~same):  # payloads unlike the reference: their own CRC
             pcrc[j] = zlib.crc32(payloads[j].tobytes())
