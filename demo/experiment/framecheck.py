@@ -86,7 +86,7 @@ class FrameChecker:
         self._mix = ((h * _MIX_ALL) >> np.uint64(32)).tolist()
         self._mix_base = first_seq
 
-    def _payload_crc(self, payload: bytes | bytearray) -> int:
+    def _payload_crc(self, payload: bytes | bytearray | memoryview) -> int:
         if payload == self._ref:
             return self._ref_crc
         crc = zlib.crc32(payload)
@@ -94,7 +94,9 @@ class FrameChecker:
             self._ref, self._ref_crc = bytes(payload), crc
         return crc
 
-    def check_one(self, frame: bytearray | bytes, offset: int = 0) -> tuple[int, bool, bool] | None:
+    def check_one(
+        self, frame: bytearray | bytes | memoryview, offset: int = 0
+    ) -> tuple[int, bool, bool] | None:
         """Check the frame at ``offset``: ``(seq, checksum_ok, in_order)``, None if anomalous.
 
         Advances :attr:`expected` to ``seq + 1`` (as the Decoder-based loop does).
@@ -115,6 +117,33 @@ class FrameChecker:
         in_order = seq == self.expected
         self.expected = seq + 1
         return seq, ok, in_order
+
+    def check(self, buf: bytearray | memoryview, frames: int) -> BlockCheck:
+        """The first ``frames`` frames of ``buf``: one at a time if few, else as a block."""
+        if frames >= BLOCK_MIN_FRAMES:
+            return self.check_block(buf, frames)
+        seqs: list[int] = []
+        intact: list[bool] = []
+        corrupt = out_of_order = 0
+        anomaly = False
+        for j in range(frames):
+            checked = self.check_one(buf, j * self.size)
+            if checked is None:
+                anomaly = True
+                break
+            seq, ok, in_order = checked
+            seqs.append(seq)
+            intact.append(ok and in_order)
+            corrupt += not ok
+            out_of_order += not in_order
+        return BlockCheck(
+            len(seqs),
+            np.array(seqs, dtype=np.uint64).astype(np.int64),  # wraps as check_block does
+            np.array(intact, dtype=np.int8),
+            corrupt,
+            out_of_order,
+            anomaly,
+        )
 
     def check_block(self, buf: bytearray | memoryview, frames: int) -> BlockCheck:
         """Check the first ``frames`` frames of ``buf`` at once (numpy)."""
