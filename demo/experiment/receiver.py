@@ -578,14 +578,15 @@ def run_receiver(
     log = ConsumedLog(min(hello.messages, PREALLOC_LIMIT))
     consumed_path = run_dir / runformat.CONSUMED.file
     samples_path = run_dir / runformat.RECEIVER_SAMPLES.file
+    # consumed.csv formatted by numpy: the checkpoint thread shares this process's GIL.
+    checkpoint = FastTableCheckpoint(consumed_path, log.columns, lambda: log.rows)
     sampler = Sampler(
         conn,
         cfg.sample_interval,
         count=lambda: log.rows,
         progress=progress,
         counters={PROGRESS_INTACT: lambda: result.intact},
-        # consumed.csv formatted by numpy: the checkpoint thread shares this process's GIL.
-        checkpoints=[FastTableCheckpoint(consumed_path, log.columns, lambda: log.rows)],
+        checkpoints=[checkpoint],
         checkpoint_samples=samples_path,
     )
     start_sizes = probes.buffer_sizes(conn)
@@ -629,6 +630,9 @@ def run_receiver(
         if progress is not None:
             progress[PROGRESS_DONE] = 1
         conn.close()
-        fastcsv.write_table(consumed_path, log.columns(), log.rows)
+        if checkpoint.written and sampler.checkpoint_error is None:
+            checkpoint.flush()  # the checkpoints wrote the rest: only the last rows are new
+        else:
+            fastcsv.write_table(consumed_path, log.columns(), log.rows)
         sampler.write(samples_path)
     return result
