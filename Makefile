@@ -46,3 +46,5 @@ bench: install
 	$(BIN)/python -m bench.sender
 	$(BIN)/python -m bench.pacing --default-run
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.receiver
+	$(BIN)/python -m bench.cli

@@ -1,0 +1,247 @@
+"""End to end: the installed `bufdemo` command against bare Python, side by side.
+
+Everything here runs the real command in a subprocess, as a user would, and reads its
+times from what it wrote (the --json output, meta.json). Each figure is a ratio to a
+bare reference measured in the same run, the two alternated for --rounds rounds so that
+drift on a shared machine hits both alike; medians are compared.
+
+- **pipeline** (goal 1): `bufdemo run --recv-delay 0 --no-plot --json`, rate =
+  messages / receiver_seconds (summary.json); bare = a sender process doing one
+  ``sendall`` per message into a receiver process doing one ``recv_into(buf, size,
+  MSG_WAITALL)`` per message, rate = messages / (last message received - first send).
+- **sender** (goal 3): `bufdemo send --to` a fast reader in another process (1 MiB
+  reads), time from ``t_connected_ns`` to ``t_done_ns`` of the --json record (so the
+  sampler, blocking sends and the set-up inside that span count); bare = a ``sendall``
+  loop into the same reader, from connect to the last send.
+- **startup** (goal 5): `bufdemo run --recv-delay 0` with its plot, from launching the
+  command to the sender's connection (``t0_ns``: the first message follows at once),
+  and from the receiver's last message (``t_done_ns``) to the command's exit (tables
+  written, summary and plot drawn). Goal: <= 2 s after the receiver's end at 100,000.
+- **witness hook** (goal 4): ``--witness-args "--flag ..."`` runs the sender figure a
+  second time with those flags added to `bufdemo send` and prints the points lost.
+  The flags belong to features of other issues (tracing, capture, timestamps); none
+  exists yet, so by default this part is skipped.
+
+    python -m bench.cli [--parts pipeline sender startup] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.common import drain_receiver, median, spread
+
+BUFDEMO = str(Path(sys.executable).with_name("bufdemo"))  # the installed console script
+SIZES = (64, 1024)
+PIPELINE_GOAL = 0.6
+SENDER_GOALS = {1_000_000: 0.90, 100_000: 0.80}  # fixed costs weigh more in a short run
+STARTUP_GOAL_S = 2.0
+# What the user waits for after the receiver's end, in the order `bufdemo run` writes it.
+TEARDOWN_STEPS = {
+    "tables": "meta.json",
+    "summary": "summary.json",
+    "first plot": "timeline.png",
+    "all figures": "zoom.svg",
+}
+
+
+def bufdemo(args: Sequence[str]) -> dict[str, Any]:
+    """Run the installed command; its --json output, parsed (exit != 0 is fatal)."""
+    proc = subprocess.run([BUFDEMO, *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"bufdemo {' '.join(args)} failed: {proc.stderr.strip()[-400:]}")
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+# -- the bare pipeline ------------------------------------------------------------------
+
+
+def _bare_reader(listener: socket.socket, n: int, size: int, report: Connection) -> None:
+    conn, _ = listener.accept()
+    buf = bytearray(size)
+    recv_into, waitall = conn.recv_into, socket.MSG_WAITALL
+    for _ in range(n):
+        if recv_into(buf, size, waitall) != size:
+            break
+    report.send(time.perf_counter_ns())
+    conn.close()
+
+
+def bare_pipeline(n: int, size: int) -> float:
+    """Messages per second through sendall -> recv_into(MSG_WAITALL), per message."""
+    ctx = mp.get_context("fork")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_bare_reader, args=(listener, n, size, child), daemon=True)
+    proc.start()
+    msg = b"x" * size
+    with socket.create_connection(listener.getsockname()) as sock:
+        sendall = sock.sendall
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            sendall(msg)
+        t_last = parent.recv()
+    proc.join()
+    listener.close()
+    return n / ((int(t_last) - t0) / 1e9)
+
+
+def cli_pipeline(n: int, size: int, out: Path) -> float:
+    s = bufdemo(
+        ["run", "-n", str(n), "--size", str(size), "--recv-delay", "0", "--no-plot", "--json",
+         "--out", str(out)]
+    )  # fmt: skip
+    if s["messages_intact"] != n:
+        raise SystemExit(f"bufdemo run: {s['messages_intact']} of {n} messages intact")
+    return n / float(s["receiver_seconds"])
+
+
+def pipeline(n: int, rounds: int, out: Path) -> None:
+    print(f"pipeline at --recv-delay 0: {n:,} messages, {rounds} alternating rounds")
+    for size in SIZES:
+        bare, cli = [], []
+        for _ in range(rounds):
+            bare.append(bare_pipeline(n, size))
+            cli.append(cli_pipeline(n, size, out))
+        ratio = median(cli) / median(bare)
+        verdict = "meets" if ratio >= PIPELINE_GOAL else "MISSES"
+        print(
+            f"  {size:>5} B  bare {median(bare):>11,.0f} msg/s ({spread(bare)})  "
+            f"bufdemo run {median(cli):>11,.0f} msg/s ({spread(cli)})  "
+            f"ratio {ratio:.3f}  [goal >= 0.6: {verdict}]"
+        )
+
+
+# -- the sender on the CLI ----------------------------------------------------------------
+
+
+def bare_sender(addr: tuple[str, int], n: int, size: int) -> float:
+    msg = b"x" * size
+    t0 = time.perf_counter_ns()
+    with socket.create_connection(addr) as sock:
+        sendall = sock.sendall
+        for _ in range(n):
+            sendall(msg)
+        t1 = time.perf_counter_ns()
+    return n / ((t1 - t0) / 1e9)
+
+
+def cli_sender(addr: tuple[str, int], n: int, size: int, out: Path, extra: Sequence[str]) -> float:
+    r = bufdemo(
+        ["send", "--to", f"{addr[0]}:{addr[1]}", "-n", str(n), "--size", str(size), "--json",
+         "--out", str(out), *extra]
+    )  # fmt: skip
+    if not r["complete"] or r["messages"] != n:
+        raise SystemExit(f"bufdemo send did not complete: {r.get('error')}")
+    return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9)
+
+
+def sender(counts: Sequence[int], rounds: int, out: Path, witness: Sequence[str]) -> None:
+    with drain_receiver() as addr:
+        for n in counts:
+            goal = SENDER_GOALS.get(n, 0.90)
+            print(f"sender on the CLI into a 1 MiB reader: {n:,} messages, {rounds} rounds")
+            for size in SIZES:
+                rates: dict[str, list[float]] = {"bare": [], "cli": [], "witness": []}
+                for _ in range(rounds):
+                    rates["bare"].append(bare_sender(addr, n, size))
+                    rates["cli"].append(cli_sender(addr, n, size, out, ()))
+                    if witness:
+                        rates["witness"].append(cli_sender(addr, n, size, out, witness))
+                b, c = median(rates["bare"]), median(rates["cli"])
+                verdict = "meets" if c / b >= goal else "MISSES"
+                line = (
+                    f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
+                    f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
+                    f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]"
+                )
+                if witness:
+                    w = median(rates["witness"]) / b
+                    lost = (c / b - w) * 100
+                    line += f"  with {shlex.join(witness)}: {w:.3f} ({lost:+.1f} points, goal <= 5)"
+                print(line)
+
+
+# -- start-up and tear-down ---------------------------------------------------------------
+
+
+def startup(n: int, rounds: int, out: Path) -> None:
+    print(f"start-up and tear-down of `bufdemo run --recv-delay 0 -n {n:,}` (with its plot)")
+    ups, downs = [], []
+    steps: dict[str, list[float]] = {name: [] for name in TEARDOWN_STEPS}
+    for r in range(rounds):
+        run_out = out / f"startup-{n}-{r}"
+        # File times are wall-clock: the offset maps them onto CLOCK_MONOTONIC.
+        wall_offset = time.time_ns() - time.perf_counter_ns()
+        t_launch = time.perf_counter_ns()  # CLOCK_MONOTONIC, shared with the children
+        proc = subprocess.run(
+            [BUFDEMO, "run", "-n", str(n), "--recv-delay", "0", "--json", "--out", str(run_out)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        t_exit = time.perf_counter_ns()
+        if proc.returncode != 0:
+            raise SystemExit(f"bufdemo run failed: {proc.stderr.strip()[-400:]}")
+        (run_dir,) = (p for p in run_out.iterdir() if p.is_dir())
+        meta = json.loads((run_dir / "meta.json").read_text())
+        if not any(run_dir.glob("*.png")):
+            raise SystemExit(f"no plot in {run_dir}")
+        t_done = meta["receiver"]["t_done_ns"]
+        ups.append((meta["t0_ns"] - t_launch) / 1e9)
+        downs.append((t_exit - t_done) / 1e9)
+        for name, pattern in TEARDOWN_STEPS.items():
+            first = min((p.stat().st_mtime_ns for p in run_dir.glob(pattern)), default=None)
+            if first is not None:
+                steps[name].append((first - wall_offset - t_done) / 1e9)
+    up, down = median(ups), median(downs)
+    verdict = "meets" if down <= STARTUP_GOAL_S else "MISSES"
+    print(
+        f"  launch -> first message {up:.2f} s ({min(ups):.2f} .. {max(ups):.2f}); "
+        f"last message consumed -> prompt, plot drawn {down:.2f} s "
+        f"({min(downs):.2f} .. {max(downs):.2f})  [goal <= {STARTUP_GOAL_S:g} s: {verdict}]"
+    )
+    done = ", ".join(f"{name} +{median(v):.2f} s" for name, v in steps.items() if v)
+    print(f"  after the last message consumed (file written, median): {done}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--parts", nargs="+", default=["pipeline", "sender", "startup"],
+        choices=["pipeline", "sender", "startup"],
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pipeline-messages", type=int, default=200_000)
+    parser.add_argument("--sender-messages", type=int, nargs="+", default=[1_000_000, 100_000])
+    parser.add_argument("--startup-messages", type=int, default=100_000)
+    parser.add_argument(
+        "--witness-args", default="", help="flags for `bufdemo send` that switch witnesses on"
+    )
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-cli-"))
+    if "pipeline" in args.parts:
+        pipeline(args.pipeline_messages, args.rounds, out / "pipeline")
+    if "sender" in args.parts:
+        witness = shlex.split(args.witness_args)
+        sender(args.sender_messages, args.rounds, out / "sender", witness)
+    if "startup" in args.parts:
+        startup(args.startup_messages, args.rounds, out)
+    print(f"  runs kept in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The receiver's own cost per message: bufdemo's loops against a bare ``recv_into``.
+
+Method: ~3 MB of frames are written into a socket pair first (the sender thread is done
+before the clock starts), then the reader consumes them, in one process:
+
+- bare: ``recv_into(buf, size, MSG_WAITALL)`` per message, nothing else;
+- one at a time: bufdemo's receive loop with a 1 ns --recv-delay (one frame per
+  ``recv_into``, every check, a consumed row per message, the pacer; it never sleeps);
+- bulk: bufdemo's receive loop at --recv-delay 0 (as many frames per ``recv_into`` as
+  the kernel holds, checked as a block).
+
+Alternated for --rounds rounds; medians compared. Nothing else runs, so this is the
+receiver's ceiling; a loaded machine inflates all three alike. Under valgrind
+(``valgrind --tool=callgrind python -m bench.receiver --rounds 1``) the instruction
+counts are repeatable on a busy machine.
+
+    python -m bench.receiver [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from bench.common import median
+from bufdemo.experiment.receiver import ReceiverResult, receive_loop
+from bufdemo.experiment.recorder import ConsumedLog
+from bufdemo.experiment.wire import FrameBlock, Hello
+
+PREFILL = 3_000_000  # bytes queued before the clock starts (fits the socket pair's buffers)
+BUFFER = 8 << 20
+
+
+def prefilled(size: int) -> tuple[socket.socket, int]:
+    """A socket with PREFILL bytes of frames waiting, its peer already closed."""
+    n = PREFILL // size
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER)
+    block = FrameBlock(size, n)
+    block.fill(0)
+
+    def write() -> None:
+        with a:
+            a.sendall(block.buf)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join()
+    return b, n
+
+
+def bare(size: int) -> float:
+    sock, n = prefilled(size)
+    buf = bytearray(size)
+    recv_into, waitall = sock.recv_into, socket.MSG_WAITALL
+    t0 = time.perf_counter_ns()
+    while recv_into(buf, size, waitall):
+        pass
+    t1 = time.perf_counter_ns()
+    sock.close()
+    return (t1 - t0) / n / 1e3
+
+
+def bufdemo(size: int, delay: float) -> float:
+    sock, n = prefilled(size)
+    log, result = ConsumedLog(n), ReceiverResult()
+    t0 = time.perf_counter_ns()
+    receive_loop(sock, Hello(b"", n, size), delay, log, result)
+    t1 = time.perf_counter_ns()
+    sock.close()
+    if result.intact != n:
+        raise SystemExit(f"receiver: {result.intact} of {n} messages intact")
+    return (t1 - t0) / n / 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"receiver cost per message, from a prefilled socket pair, {args.rounds} rounds")
+    variants: dict[str, Callable[[int], float]] = {
+        "bare": bare,
+        "one at a time": lambda size: bufdemo(size, 1e-9),
+        "bulk (delay 0)": lambda size: bufdemo(size, 0.0),
+    }
+    for size in (64, 1024):
+        costs: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, measure in variants.items():
+                costs[name].append(measure(size))
+        b = median(costs["bare"])
+        parts = [f"{name} {median(c):.2f} us ({median(c) / b:.2f}x)" for name, c in costs.items()]
+        print(f"  {size:>5} B  " + "  ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
