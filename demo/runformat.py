@@ -375,6 +375,7 @@ class ConfigRecord(TypedDict):
     capture: NotRequired[bool]  # --capture
     send_rate: float | None  # messages/s the sender is paced at; None: as fast as it can
     notsent_lowat: int | None  # TCP_NOTSENT_LOWAT requested; None: the host's default
+    timestamps: NotRequired[bool]  # --timestamps: SO_TIMESTAMPING asked for
 
 
 class _SideRecord(TypedDict):

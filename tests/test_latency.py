@@ -19,7 +19,7 @@ import pytest
 
 import bufdemo
 from bufdemo import analysis, runformat
-from bufdemo.analysis.compare import compare_table, sweep_figure, timelines_figure
+from bufdemo.analysis.comparison import compare_table, sweep_figure, timelines_figure
 from bufdemo.analysis.latency import decompose, latency_figure, stage_times
 from bufdemo.cli import main
 from bufdemo.errors import ConfigError
@@ -269,6 +269,7 @@ def paced_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         recv_delay=0,
         send_rate=3000,
         notsent_lowat=16384,
+        timestamps=True,
         out=tmp_path_factory.mktemp("runs"),
         plot=False,
     )

@@ -68,9 +68,12 @@ def test_notebook_executes_top_to_bottom(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(outputs(nb, "image/png")) >= 5
     verdict = re.compile(r"\*\*([a-z-]+)\*\*: (holds|\*\*does not hold\*\*) ")
     found = [m.groups() for md in outputs(nb, "text/markdown") if (m := verdict.match(str(md)))]
-    assert found == [
+    assert found[:4] == [
         ("small-window", "holds"),
         ("sender-close", "holds"),
         ("receiver-close", "holds"),
         ("dead-peer", "holds"),
     ]
+    # slow-client's verdict includes a 20 ms latency bound that a loaded machine's
+    # scheduler can break (docs/lecture.md): its verdict must be there, either way.
+    assert [name for name, _ in found[4:]] == ["slow-client"]

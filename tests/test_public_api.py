@@ -78,3 +78,17 @@ def test_python_m_bufdemo_prints_the_version_from_any_directory(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"bufdemo {bufdemo.__version__}"
     assert bufdemo.__version__ != "0+unknown"
+
+
+def test_no_submodule_shadows_a_function_of_the_same_name() -> None:
+    """Importing ``bufdemo.analysis.X`` sets the attribute X on the package: a module
+    named like an exported function would replace it (``analysis.compare`` did)."""
+    import pkgutil
+
+    from bufdemo import analysis
+
+    modules = {m.name for m in pkgutil.iter_modules(analysis.__path__)}
+    for name in modules:
+        importlib.import_module(f"bufdemo.analysis.{name}")
+    for name in analysis.__all__:
+        assert not isinstance(getattr(analysis, name), type(analysis)), name

@@ -172,6 +172,16 @@ NotsentLowatOpt = Annotated[
         "wait while more than BYTES are queued unsent. Unset: the host's default (off).",
     ),
 ]
+TimestampsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timestamps",
+        help="Ask the kernel for per-byte transmit timestamps (SO_TIMESTAMPING), so "
+        "latency.csv splits each message's time into send buffer, in flight and receive "
+        "queue. Off by default: each timestamp wakes a send() blocked for buffer space, "
+        "which then resumes before the kernel's 2/3 mark.",
+    ),
+]
 TraceOpt = Annotated[
     bool,
     typer.Option(
@@ -296,6 +306,7 @@ def run(
     capture: CaptureOpt = False,
     send_rate: SendRateOpt = None,
     notsent_lowat: NotsentLowatOpt = None,
+    timestamps: TimestampsOpt = False,
     use_netns: NetnsOpt = False,
     link_rate: LinkRateOpt = None,
     link_queue: LinkQueueOpt = None,
@@ -328,6 +339,7 @@ def run(
         capture=capture,
         send_rate=send_rate,
         notsent_lowat=notsent_lowat,
+        timestamps=timestamps,
         netns=use_netns,
         link_rate=link_rate,
         link_queue=link_queue,
@@ -647,6 +659,7 @@ def send(
     write_buffer_limits: WriteLimitsOpt = None,
     send_rate: SendRateOpt = None,
     notsent_lowat: NotsentLowatOpt = None,
+    timestamps: TimestampsOpt = False,
 ) -> int:
     """The sending half by hand: connect to a `bufdemo receive`, push --messages as fast
     as the kernel accepts them, record every send, write the sender's tables in a run
@@ -668,6 +681,7 @@ def send(
         timeout=timeout,
         send_rate=send_rate,
         notsent_lowat=notsent_lowat,
+        timestamps=timestamps,
         **_token_setting(token_bytes),
         **_write_limits_setting(write_buffer_limits),
     )

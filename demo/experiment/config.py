@@ -137,6 +137,11 @@ class RunConfig:
     send_rate: float | None = None
     # TCP_NOTSENT_LOWAT on the sender's socket, bytes; None: the host's default (off).
     notsent_lowat: int | None = None
+    # SO_TIMESTAMPING on the sender's socket (latency.csv's kernel parts). Off unless
+    # asked for: each transmit timestamp is an error-queue wake-up of a send() blocked
+    # for buffer space, which then resumes as soon as there is any room, not at the
+    # kernel's 2/3 mark (docs/kernel.md, "Per-byte transmit timestamps").
+    timestamps: bool = False
     # A real link (bufdemo.experiment.netns): each side in its own network namespace.
     netns: bool = False
     link_rate: str | None = None  # e.g. "20mbit": tbf on the sender's egress
@@ -246,4 +251,5 @@ class RunConfig:
             "capture": self.capture,
             "send_rate": self.send_rate,
             "notsent_lowat": self.notsent_lowat,
+            "timestamps": self.timestamps,
         }

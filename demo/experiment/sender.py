@@ -404,7 +404,11 @@ def run_sender(
         sock.close()
         raise
     # Asked for before the hello: the offsets then count from the stream's first byte.
-    stamp_reason = txstamps.enable(sock)
+    stamp_reason = (
+        txstamps.enable(sock)
+        if cfg.timestamps
+        else "not asked for (--timestamps; off by default: a timestamp wakes a blocked send())"
+    )
     stamp_reader: txstamps.TxStampReader | None = None
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()

@@ -8,7 +8,7 @@ compete for the two cores and for loopback), each in its own run directory insid
 new *sweep directory* (``OUT/YYYYmmdd-HHMMSS-sweep-SETTING``, never reused). At the end
 the sweep directory gets the comparison table (``sweep.csv``, ``sweep.json``, the
 columns of runformat.SWEEP) and its plot (``sweep.png``/``.svg``: each metric against
-the swept value), made by :mod:`bufdemo.analysis.compare`.
+the swept value), made by :mod:`bufdemo.analysis.comparison`.
 
 Parsing (:func:`parse_spec`, :func:`parse_values`) and planning (:func:`plan`) are pure;
 :func:`run_sweep` runs the experiments and writes the files. A sweep interrupted or
@@ -219,7 +219,7 @@ def _analyse_run(run_dir: Path, plot: bool) -> None:
 def write_sweep_files(result: SweepResult, *, plot: bool = True) -> list[Path]:
     """sweep.csv, sweep.json and (with ``plot``) sweep.png/.svg in the sweep directory."""
     from bufdemo import analysis
-    from bufdemo.analysis.compare import compare_table, sweep_figure
+    from bufdemo.analysis.comparison import compare_table, sweep_figure
 
     runs = {r.run_dir.name: analysis.load_run(r.run_dir) for r in result.results}
     values = dict(zip(runs, result.labels, strict=True))

@@ -1,7 +1,7 @@
 """The commands ``sweep`` and ``compare``: many runs, one table, one picture.
 
 A thin layer over :mod:`bufdemo.experiment.sweep` (the runs) and
-:mod:`bufdemo.analysis.compare` (the table and the plots). ``sweep`` takes the options
+:mod:`bufdemo.analysis.comparison` (the table and the plots). ``sweep`` takes the options
 of ``run``; the one it sweeps gets a comma-separated list (``--send-rate 500,2000``)
 or is named in an argument (``send-rate=500,2000``). Progress (which run of how many,
 and the live display of the current one) goes to stderr, the table to stdout.
@@ -27,6 +27,7 @@ from bufdemo.experiment.cli import (
     OutOpt,
     SampleOpt,
     TimeoutOpt,
+    TimestampsOpt,
     _display,
     _json_option,
     _progress_shown,
@@ -128,6 +129,7 @@ def sweep(
         str | None,
         _list_opt("--notsent-lowat", "TCP_NOTSENT_LOWAT, bytes; off: unset (as run)."),
     ] = None,
+    timestamps: TimestampsOpt = False,
     out_dir: OutOpt = Path("runs"),
     no_plot: NoPlotOpt = False,
     as_json: Annotated[bool, _json_option("only the comparison table (sweep.json)")] = False,
@@ -182,6 +184,7 @@ def sweep(
         "plot": not no_plot,
         "sample_interval": sample_interval,
         "timeout": timeout,
+        "timestamps": timestamps,
     }
     for opt, values in lists.items():
         if opt != option:
@@ -278,7 +281,7 @@ def compare(
     """Put existing runs side by side: the table `bufdemo sweep` prints (blocking sends,
     time blocked, throughput, latency p50/p99, peak queues, granted buffers)."""
     from bufdemo import analysis
-    from bufdemo.analysis.compare import compare_table, sweep_figure, timelines_figure
+    from bufdemo.analysis.comparison import compare_table, sweep_figure, timelines_figure
     from bufdemo.experiment.sweep import table_records
 
     runs: dict[str, analysis.Run] = {}
