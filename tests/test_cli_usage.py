@@ -155,6 +155,38 @@ USAGE_CASES = [
     (["serve", "-m", "epoll", "--listen", "localhost"], "--listen", "HOST:PORT", "'localhost'"),
     (["lab", "run", "quantum"], "NAME", "unknown experiment", "'quantum'"),
     (["client", "nowhere"], "HOST:PORT", "expected HOST:PORT", "got 'nowhere'"),
+    # --send-rate, --notsent-lowat and sweep's lists (issue 11)
+    (["run", "--send-rate", "0"], "--send-rate", "> 0.0", "got 0.0"),
+    (["run", "--send-rate", "-5"], "--send-rate", "> 0.0", "got -5.0"),
+    (["run", "--send-rate", "nan"], "--send-rate", "finite", "got nan"),
+    (["run", "--send-rate", "lots"], "--send-rate", "valid number", "got 'lots'"),
+    (["send", "-t", "127.0.0.1:5000", "--send-rate", "0"], "--send-rate", "> 0.0", "got 0.0"),
+    (["run", "--notsent-lowat", "0"], "--notsent-lowat", "between 1 and", "got 0"),
+    (["run", "--notsent-lowat", "-1"], "--notsent-lowat", "between 1 and", "got -1"),
+    (["run", "--notsent-lowat", "x"], "--notsent-lowat", "valid integer", "got 'x'"),
+    (["sweep", "quantum=1,2"], "OPTION=V1,V2,...", "cannot sweep --quantum", "'quantum=1,2'"),
+    (["sweep", "send-rate"], "OPTION=V1,V2,...", "must be OPTION=V1,V2", "'send-rate'"),
+    (["sweep", "--send-rate", "5,,6"], "--send-rate", "comma-separated list", "'5,,6'"),
+    (["sweep", "--send-rate", "5,x"], "--send-rate", "comma-separated list", "'5,x'"),
+    (["sweep", "--send-rate", "500,-1"], "--send-rate", "> 0.0", "got -1.0"),
+    (["sweep", "--sndbuf", "auto,0"], "--sndbuf", "between 1 and", "got 0"),
+    (["sweep", "--notsent-lowat", "0,16384"], "--notsent-lowat", "between 1 and", "got 0"),
+    (["sweep", "--send-rate", "500"], "OPTION=V1,V2,...", "two or more values", None),
+    (["sweep"], "OPTION=V1,V2,...", "two or more values", None),
+    (
+        ["sweep", "--send-rate", "1,2", "--size", "100,200"],
+        "OPTION=V1,V2,...",
+        "one option at a time",
+        None,
+    ),
+    (["sweep", "size=100,200", "--size", "300"], "OPTION=V1,V2,...", "given twice", None),
+    (
+        ["sweep", "--mode", "blocking,fast"],
+        "--mode",
+        "modes (blocking, select, asyncio, asyncio-nodrain)",
+        None,
+    ),
+    (["sweep", "-n", "0", "--send-rate", "1,2"], "--messages", "between 1 and", "got 0"),
 ]
 
 

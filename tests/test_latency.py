@@ -26,7 +26,6 @@ from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.sweep import parse_spec, parse_values, plan, value_label
 from bufdemo.experiment.txstamps import TxStampReader
-from tests.test_cli_usage import _check_one_usage_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "run-format.md"
@@ -163,58 +162,8 @@ def test_plan_checks_every_value_before_anything_runs() -> None:
 
 # -- usage errors: one line, exit 2 ----------------------------------------------------
 
-SWEEP_CASES = [
-    (["run", "--send-rate", "0"], "--send-rate", "> 0.0", "got 0.0"),
-    (["run", "--send-rate", "-5"], "--send-rate", "> 0.0", "got -5.0"),
-    (["run", "--send-rate", "nan"], "--send-rate", "finite", "got nan"),
-    (["run", "--send-rate", "lots"], "--send-rate", "valid number", "got 'lots'"),
-    (["send", "-t", "127.0.0.1:5000", "--send-rate", "0"], "--send-rate", "> 0.0", "got 0.0"),
-    (["run", "--notsent-lowat", "0"], "--notsent-lowat", "between 1 and", "got 0"),
-    (["run", "--notsent-lowat", "-1"], "--notsent-lowat", "between 1 and", "got -1"),
-    (["run", "--notsent-lowat", "x"], "--notsent-lowat", "valid integer", "got 'x'"),
-    (["sweep", "quantum=1,2"], "OPTION=V1,V2,...", "cannot sweep --quantum", "'quantum=1,2'"),
-    (["sweep", "send-rate"], "OPTION=V1,V2,...", "must be OPTION=V1,V2", "'send-rate'"),
-    (["sweep", "--send-rate", "5,,6"], "--send-rate", "comma-separated list", "'5,,6'"),
-    (["sweep", "--send-rate", "5,x"], "--send-rate", "comma-separated list", "'5,x'"),
-    (["sweep", "--send-rate", "500,-1"], "--send-rate", "> 0.0", "got -1.0"),
-    (["sweep", "--sndbuf", "auto,0"], "--sndbuf", "between 1 and", "got 0"),
-    (["sweep", "--notsent-lowat", "0,16384"], "--notsent-lowat", "between 1 and", "got 0"),
-    (["sweep", "--send-rate", "500"], "OPTION=V1,V2,...", "two or more values", None),
-    (["sweep"], "OPTION=V1,V2,...", "two or more values", None),
-    (
-        ["sweep", "--send-rate", "1,2", "--size", "100,200"],
-        "OPTION=V1,V2,...",
-        "one option at a time",
-        None,
-    ),
-    (["sweep", "size=100,200", "--size", "300"], "OPTION=V1,V2,...", "given twice", None),
-    (
-        ["sweep", "--mode", "blocking,fast"],
-        "--mode",
-        "modes (blocking, select, asyncio, asyncio-nodrain)",
-        None,
-    ),
-    (["sweep", "-n", "0", "--send-rate", "1,2"], "--messages", "between 1 and", "got 0"),
-]
-
-
-@pytest.mark.parametrize(
-    ("argv", "option", "rule", "value"), SWEEP_CASES, ids=[" ".join(c[0]) for c in SWEEP_CASES]
-)
-def test_bad_new_options_are_one_line_and_exit_2(
-    argv: list[str],
-    option: str,
-    rule: str,
-    value: str | None,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    code = main(argv)
-    captured = capsys.readouterr()
-    _check_one_usage_line(code, captured.out, captured.err, option, rule, value)
-    assert list(tmp_path.iterdir()) == []  # nothing half-created
+# The bad values of --send-rate, --notsent-lowat and the sweep's lists are among
+# tests/test_cli_usage.py's USAGE_CASES (one table, one test for every usage error).
 
 
 def test_compare_of_a_missing_run_fails_in_one_line(

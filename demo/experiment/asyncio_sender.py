@@ -64,9 +64,9 @@ from bufdemo.experiment.sender import (
     SenderResult,
     _buffers,
     _probe,
-    connect,
     frames_per_block,
-    set_notsent_lowat,
+    identify,
+    open_connection,
 )
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
@@ -371,21 +371,9 @@ def run_asyncio_sender(
     """:func:`bufdemo.experiment.sender.run_sender` for the asyncio modes: the same
     connection, hello, tables and record, plus transport_samples.csv and
     ``result.asyncio``. Writes what it recorded also when it fails or is interrupted."""
-    result.peer = str(to)
     block = FrameBlock(cfg.size, frames_per_block(cfg.size))
-    sock = connect(cfg, to)
-    if callable(run_dir):
-        try:
-            run_dir = run_dir()
-        except BaseException:
-            sock.close()
-            raise
-    try:
-        if cfg.notsent_lowat is not None:  # the kernel's mark, under the transport's
-            result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
-    except BaseException:
-        sock.close()
-        raise
+    # TCP_NOTSENT_LOWAT, if asked for, is the kernel's mark under the transport's.
+    sock, run_dir = open_connection(cfg, to, run_dir, result)
     # The transport writes from the event loop: per-byte transmit timestamps are not
     # collected here (latency.csv keeps end-to-end and service).
     result.timestamping = txstamps.disabled_record("not collected in the asyncio modes")
@@ -412,10 +400,7 @@ def run_asyncio_sender(
     )
     try:
         result.t_connected_ns = time.perf_counter_ns()
-        local = sock.getsockname()
-        result.address = f"{local[0]}:{local[1]}"
-        result.cookie = probes.so_cookie(sock)
-        start_sizes = probes.buffer_sizes(sock)
+        start_sizes = identify(sock, result)
         sampler.start()
         tsampler.start()
         try:

@@ -69,7 +69,7 @@ from bufdemo.experiment.wire import (
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import AsyncioRecord, SenderRecord
 
-__all__ = ["SenderResult", "connect", "run_sender", "send_loop"]
+__all__ = ["SenderResult", "connect", "identify", "open_connection", "run_sender", "send_loop"]
 
 
 @dataclass
@@ -360,6 +360,37 @@ def _buffers(cfg: RunConfig, start: probes.BufferSizes, end: probes.BufferSizes)
     }
 
 
+def open_connection(
+    cfg: RunConfig, to: Address, run_dir: Path | Callable[[], Path], result: SenderResult
+) -> tuple[socket.socket, Path]:
+    """Connect, create the run directory (``run_dir`` may be a callable that does, called
+    only once the connection stands) and set the sender's socket options from ``cfg``
+    (TCP_NOTSENT_LOWAT; TCP_NODELAY for a paced sender). The socket is closed if any of
+    it fails. Shared by every sender mode."""
+    result.peer = str(to)
+    sock = connect(cfg, to)
+    try:
+        if callable(run_dir):
+            run_dir = run_dir()
+        if cfg.notsent_lowat is not None:
+            result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
+        if cfg.send_rate is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result.nodelay = True
+    except BaseException:
+        sock.close()
+        raise
+    return sock, run_dir
+
+
+def identify(sock: socket.socket, result: SenderResult) -> probes.BufferSizes:
+    """Record the connected socket's address and SO_COOKIE; return its buffer sizes."""
+    local = sock.getsockname()
+    result.address = f"{local[0]}:{local[1]}"
+    result.cookie = probes.so_cookie(sock)
+    return probes.buffer_sizes(sock)
+
+
 def run_sender(
     cfg: RunConfig,
     to: Address,
@@ -383,26 +414,10 @@ def run_sender(
         from bufdemo.experiment.asyncio_sender import run_asyncio_sender
 
         return run_asyncio_sender(cfg, to, run_dir, progress, result)
-    result.peer = str(to)
     # Framing is set up before connecting: nothing between the connection and the
     # first send but the hello, so the fill phase starts at the connection's t0.
     block = FrameBlock(cfg.size, frames_per_block(cfg.size))
-    sock = connect(cfg, to)
-    if callable(run_dir):
-        try:
-            run_dir = run_dir()
-        except BaseException:
-            sock.close()
-            raise
-    try:
-        if cfg.notsent_lowat is not None:
-            result.notsent_lowat = set_notsent_lowat(sock, cfg.notsent_lowat)
-        if cfg.send_rate is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            result.nodelay = True
-    except BaseException:
-        sock.close()
-        raise
+    sock, run_dir = open_connection(cfg, to, run_dir, result)
     # Asked for before the hello: the offsets then count from the stream's first byte.
     stamp_reason = (
         txstamps.enable(sock)
@@ -423,10 +438,7 @@ def run_sender(
     )
     try:
         result.t_connected_ns = time.perf_counter_ns()
-        local = sock.getsockname()
-        result.address = f"{local[0]}:{local[1]}"
-        result.cookie = probes.so_cookie(sock)
-        start_sizes = probes.buffer_sizes(sock)
+        start_sizes = identify(sock, result)
         sampler.start()
         hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
         if stamp_reason is None:
