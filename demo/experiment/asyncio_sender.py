@@ -64,6 +64,8 @@ from bufdemo.experiment.sender import (
     SenderResult,
     _buffers,
     _probe,
+    drain_reset,
+    drain_stuck,
     frames_per_block,
     identify,
     open_connection,
@@ -348,14 +350,9 @@ async def _flush_and_close(
     try:
         await asyncio.wait_for(reader.read(), cfg.timeout)
     except TimeoutError as exc:
-        raise PeerTimeout(
-            f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
-            f"reading them within {cfg.timeout} s"
-        ) from exc
+        raise drain_stuck(sent, cfg.timeout) from exc
     except ConnectionResetError as exc:
-        raise PeerError(
-            f"the receiver reset the connection before reading all {sent} messages"
-        ) from exc
+        raise drain_reset(sent) from exc
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

@@ -539,11 +539,18 @@ def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
         while sock.recv(4096):
             pass  # the receiver sends nothing; anything else is ignored
     except (TimeoutError, BlockingIOError) as exc:
-        raise PeerTimeout(
-            f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
-            f"reading them within {cfg.timeout} s"
-        ) from exc
+        raise drain_stuck(sent, cfg.timeout) from exc
     except ConnectionResetError as exc:
-        raise PeerError(
-            f"the receiver reset the connection before reading all {sent} messages"
-        ) from exc
+        raise drain_reset(sent) from exc
+
+
+def drain_stuck(sent: int, timeout: float | None) -> PeerTimeout:
+    """The error of a drain that outlived --timeout (every sender mode says it so)."""
+    return PeerTimeout(
+        f"receiver stuck: all {sent} messages sent, but the receiver has not finished "
+        f"reading them within {timeout} s"
+    )
+
+
+def drain_reset(sent: int) -> PeerError:
+    return PeerError(f"the receiver reset the connection before reading all {sent} messages")
