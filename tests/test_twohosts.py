@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from bufdemo import analysis
 from bufdemo.cli import main
 from bufdemo.errors import ProtocolError
 from bufdemo.experiment import clocksync, netns
+from bufdemo.experiment.sender import FIRST_ANSWER_WAIT
 from bufdemo.experiment.wire import (
     KIND_CLOCK,
     ClockReading,
@@ -178,6 +181,50 @@ def _halves(
     (s_dir,) = (tmp_path / "s").iterdir()
     (r_dir,) = (tmp_path / "r").iterdir()
     return s_dir, r_dir
+
+
+def test_the_clock_frames_go_before_the_data_and_answers_follow_it(tmp_path: Path) -> None:
+    s_dir, _r_dir = _halves(tmp_path, None, "127.0.0.1:0", None, None)
+    meta = json.loads((s_dir / "meta.json").read_text())
+    clock = meta["sender"]["clock"]
+    assert [c["seq"] for c in clock] == [*clocksync.BEFORE, *clocksync.AFTER]
+    t_first_ns = int(analysis.load_run(s_dir).sends["t_ns"].iloc[0])
+    assert all(c["t1"] < t_first_ns for c in clock if c["seq"] in clocksync.BEFORE)
+    assert all(c["t1"] > t_first_ns for c in clock if c["seq"] in clocksync.AFTER)
+    assert all(c["t1"] < c["t4"] for c in clock)
+
+
+def test_a_plain_reader_gets_the_data_at_once_and_no_clock_is_recorded(tmp_path: Path) -> None:
+    """A peer that never answers clock frames (nc, a plain reader) does not hold up the
+    data: the first message goes at once, and the run completes without clocks."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got = [0]
+
+    def read_all() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(1 << 16):
+                got[0] += len(data)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    port = listener.getsockname()[1]
+    send = subprocess.run(
+        [*BUFDEMO, "send", "--to", f"127.0.0.1:{port}", "-n", "200", "--json",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    reader.join(30)
+    listener.close()
+    assert send.returncode == 0, send.stderr
+    record = json.loads(send.stdout)
+    assert record["complete"]
+    assert record["messages"] == 200
+    assert record["clock"] == []
+    t_first_ns = int(analysis.load_run(Path(record["run_dir"])).sends["t_ns"].iloc[0])
+    # Not after the wait for an answer that never comes: the data went first.
+    assert t_first_ns - record["t_connected_ns"] < FIRST_ANSWER_WAIT * 1e9
+    assert got[0] > 200 * 1024  # every message (and the hello and the clock frames) arrived
 
 
 def _merge_and_check(

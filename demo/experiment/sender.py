@@ -32,10 +32,12 @@ closed: the drain phase is still sampled.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
 import socket
+import threading
 import time
 from array import array
 from collections.abc import Callable, MutableSequence
@@ -441,23 +443,22 @@ def run_sender(
         start_sizes = identify(sock, result)
         sampler.start()
         hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
+        early: EarlyClockAnswers | None = None
         if stamp_reason is None:
             stamp_reader = txstamps.TxStampReader(sock, base=len(hello))
             stamp_reader.start()
         try:
             sock.sendall(hello)
-            clock = result.clock if clock_sync else None
-            if clock is not None:
-                answered = _clock_exchanges(sock, cfg, clock, clocksync.BEFORE)
+            if clock_sync:  # the first clock frames go before the data, read by a thread
+                early = EarlyClockAnswers(sock, result.clock)
+                early.send_frames()
                 if stamp_reader is not None:  # the clock frames precede the first message
-                    stamp_reader.base += CLOCK_SIZE * (len(clock) if answered else 1)
-                if not answered:
-                    clock = None  # not a bufdemo receiver (nc, a raw socket): no clocks
+                    stamp_reader.base += CLOCK_SIZE * len(clocksync.BEFORE)
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
-            if clock is not None:
-                _clock_exchanges(sock, cfg, clock, clocksync.AFTER)
+            if early is not None and early.finish():  # a bufdemo receiver: it answered
+                _clock_exchanges(sock, cfg, result.clock, clocksync.AFTER)
             _drain(sock, cfg, log.rows)
             result.complete = True
         except BufdemoError as exc:
@@ -467,6 +468,8 @@ def run_sender(
             result.error = f"interrupted after {log.rows} of {cfg.messages} messages"
             raise
         finally:
+            if early is not None:
+                early.close()
             sampler.stop()
             if stamp_reader is not None:
                 stamp_reader.stop()
@@ -488,34 +491,104 @@ def run_sender(
     return result
 
 
-# A bufdemo receiver answers the first clock frame within a round trip (plus creating its
-# run directory); a peer that is not one (nc, a socket that never reads) never does, and
-# the run goes on without clock readings after this wait.
+# A bufdemo receiver answers the clock frames sent before the data as soon as it reads
+# them, right after the hello: within a round trip plus creating its run directory. A
+# peer that is not one (nc, a socket that never reads) never does: the run goes on
+# without clock readings once this long has passed since the first frame (a wait only
+# for a run shorter than that, and only after its last message).
 FIRST_ANSWER_WAIT = 2.0
 CLOCK_TIMEOUT = 30.0  # any later answer: the receiver has shown it answers
 
 
+class EarlyClockAnswers:
+    """The clock exchanges before the data (clocksync.BEFORE), without holding it up.
+
+    :meth:`send_frames` sends the frames back to back right after the hello, and the data
+    follows at once: waiting for the answers would cost a user whose peer is not a
+    bufdemo receiver (nc, a plain reader) FIRST_ANSWER_WAIT before the first message. A
+    thread takes the answers as they arrive (the reverse direction carries nothing
+    else), stamping t4 when ``recv`` returns; it sleeps in ``select()`` meanwhile, so the
+    send loop does not share the GIL with it until an answer is there. An answer whose
+    t4 came late (the GIL busy) only has a longer round trip: the estimate uses the
+    exchange with the shortest one, and states its error from it.
+    """
+
+    def __init__(self, sock: socket.socket, clock: list[dict[str, int]]) -> None:
+        self._sock = sock
+        self.clock = clock  # answers, appended by the thread
+        self.t_first_ns = 0
+        self.eof = False
+        self.error: str | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name="bufdemo-clock", daemon=True)
+
+    def send_frames(self) -> None:
+        self._thread.start()
+        self.t_first_ns = time.perf_counter_ns()
+        for seq in clocksync.BEFORE:
+            self._sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
+
+    def _run(self) -> None:
+        decoder = Decoder(CLOCK_SIZE)
+        want = len(clocksync.BEFORE)
+        try:
+            while len(self.clock) < want:
+                ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+                if self._wake_r in ready:
+                    return
+                try:  # select() also wakes for the error queue (transmit timestamps)
+                    data = self._sock.recv(4096, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    time.sleep(0.001)  # the timestamp reader drains the error queue
+                    continue
+                t4 = time.perf_counter_ns()
+                if not data:
+                    self.eof = True
+                    return
+                decoder.receive_data(data)
+                while (msg := decoder.next_message()) is not None:
+                    self.clock.append({**decode_clock(msg)._asdict(), "t4": t4})
+        except (OSError, BufdemoError) as exc:  # not a bufdemo receiver's answer: no clocks
+            self.error = str(exc)
+
+    def finish(self) -> bool:
+        """Whether the receiver answers clock frames. Waits for answers still due: for
+        the first up to FIRST_ANSWER_WAIT after the first frame was sent (a wait only if
+        the data took less), for the rest up to CLOCK_TIMEOUT; then :meth:`close`."""
+        t_first = self.t_first_ns / 1e9
+        if self._thread.ident is not None and not self.clock:
+            self._thread.join(max(0.0, t_first + FIRST_ANSWER_WAIT - time.perf_counter()))
+        if self.clock:
+            self._thread.join(CLOCK_TIMEOUT)
+        self.close()
+        return bool(self.clock) and self.error is None
+
+    def close(self) -> None:
+        """Stop the thread (at once) and release its wake-up pair; safe to repeat."""
+        if self._thread.ident is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+            self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
 def _clock_exchanges(
     sock: socket.socket, cfg: RunConfig, clock: list[dict[str, int]], seqs: range
-) -> bool:
+) -> None:
     """Clock exchanges ``seqs``, one after the other: send t1, wait for the answer
     (t2, t3), note t4. The first after the data is only a marker: it waits behind the
-    data, and its answer says the pipe is empty (clocksync.AFTER). False: no answer to
-    the very first frame within FIRST_ANSWER_WAIT (the peer is not a bufdemo receiver)."""
+    data, and its answer says the pipe is empty (clocksync.AFTER)."""
     decoder = Decoder(CLOCK_SIZE)
     for seq in seqs:
         sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
         wait: float | None = CLOCK_TIMEOUT
-        if seq == 0:
-            wait = FIRST_ANSWER_WAIT
-        elif seq == seqs[0]:  # the marker waits until all the data was read: --timeout
+        if seq == seqs[0]:  # the marker waits until all the data was read: --timeout
             wait = cfg.timeout
         deadline = None if wait is None else time.monotonic() + wait
         while not clock or clock[-1]["seq"] != seq:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([sock], [], [], left)
-            if not ready and seq == 0:
-                return False
             if not ready:
                 raise PeerTimeout(f"the receiver did not answer clock frame {seq} within {wait} s")
             try:  # select() also wakes for the error queue (transmit timestamps): not data
@@ -529,7 +602,6 @@ def _clock_exchanges(
             decoder.receive_data(data)
             while (msg := decoder.next_message()) is not None:
                 clock.append({**decode_clock(msg)._asdict(), "t4": t4})
-    return True
 
 
 def _drain(sock: socket.socket, cfg: RunConfig, sent: int) -> None:
