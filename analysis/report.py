@@ -10,16 +10,28 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bufdemo.analysis.latency import latency_figure, write_latency
 from bufdemo.analysis.load import Run
 from bufdemo.analysis.plots import timeline_figure, zoom_figure
 from bufdemo.analysis.summary import summarize
 
-__all__ = ["FIGURE_DPI", "save_figures", "summary_json", "write_summary"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "FIGURE_DPI",
+    "FORMATS",
+    "RunFigures",
+    "save_figures",
+    "summary_json",
+    "warm_up",
+    "write_summary",
+]
 
 FIGURE_DPI = 110  # 12x10 in -> 1320x1100 px: legible on a laptop screen, ~200 KB PNG
+FORMATS = ("png", "svg")  # PNG to look at, SVG to zoom into or put in a page
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -28,38 +40,99 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
-def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
-    """Save timeline.png/.svg and zoom.png/.svg (into the run directory by default)."""
-    out = Path(out_dir) if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    figures = [
-        ("timeline", timeline_figure(run)),
-        ("zoom", zoom_figure(run)),
-        ("latency", latency_figure(run)),
-    ]
-    if "link" in run.meta:  # a --netns run: which resource limited the sender
+class RunFigures:
+    """A run's figures, each built once when first saved (into the run directory by
+    default): timeline, zoom, latency, limits (a --netns run), sequence (a --trace run).
+
+    ``bufdemo run`` saves ``timeline.png`` first, right after loading the run: the
+    picture the user waits for comes before summary.json and the other figures."""
+
+    def __init__(self, run: Run, out_dir: str | Path | None = None) -> None:
+        self.run = run
+        self.out = Path(out_dir) if out_dir is not None else run.path
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._built: dict[str, Figure | None] = {}
+
+    def stems(self) -> list[str]:
+        """The figures this run has, in the order they are saved."""
+        stems = ["timeline", "zoom", "latency"]
+        if "link" in self.run.meta:  # a --netns run: which resource limited the sender
+            stems.append("limits")
+        if self._figure("sequence") is not None:  # --trace runs only
+            stems.append("sequence")
+        return stems
+
+    def _figure(self, stem: str) -> Figure | None:
+        if stem not in self._built:
+            self._built[stem] = _build(stem, self.run)
+        return self._built[stem]
+
+    def save(self, stem: str, ext: str) -> Path:
+        fig = self._figure(stem)
+        if fig is None:
+            raise ValueError(f"this run has no {stem} figure")
+        path = self.out / f"{stem}.{ext}"
+        tmp = path.with_name(f"{stem}.part.{ext}")  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=FIGURE_DPI)
+        tmp.replace(path)  # a reader never sees half a file
+        return path
+
+    def save_all(
+        self, formats: tuple[str, ...] = FORMATS, done: tuple[Path, ...] = ()
+    ) -> list[Path]:
+        """Every figure in every format (PNGs first), skipping the paths in ``done``."""
+        paths = list(done)
+        for ext in formats:
+            for stem in self.stems():
+                if self.out / f"{stem}.{ext}" not in done:
+                    paths.append(self.save(stem, ext))
+        return paths
+
+
+def _build(stem: str, run: Run) -> Figure | None:
+    if stem == "timeline":
+        return timeline_figure(run)
+    if stem == "zoom":
+        return zoom_figure(run)
+    if stem == "latency":
+        return latency_figure(run)
+    if stem == "limits":
         from bufdemo.analysis.linkplots import limits_figure
 
-        figures.append(("limits", limits_figure(run)))
-    for stem, fig in figures:
-        for ext in ("png", "svg"):
-            path = out / f"{stem}.{ext}"
-            tmp = path.with_name(f"{stem}.part.{ext}")  # savefig picks the format by suffix
-            fig.savefig(tmp, dpi=FIGURE_DPI)
-            tmp.replace(path)
-            paths.append(path)
-    from bufdemo.analysis.witness import sequence_figure
+        return limits_figure(run)
+    if stem == "sequence":
+        from bufdemo.analysis.witness import sequence_figure
 
-    seq = sequence_figure(run)  # --trace runs only: the kernel's time-sequence graph
-    if seq is not None:
-        for ext in ("png", "svg"):
-            path = out / f"sequence.{ext}"
-            tmp = path.with_name(f"sequence.part.{ext}")
-            seq.savefig(tmp, dpi=FIGURE_DPI)
-            tmp.replace(path)
-            paths.append(path)
-    return paths
+        return sequence_figure(run)  # None unless the run was traced
+    raise ValueError(f"no figure named {stem!r}")
+
+
+def save_figures(run: Run, out_dir: str | Path | None = None) -> list[Path]:
+    """Save every figure of the run as PNG, then as SVG (into the run directory by
+    default): timeline, zoom and latency; limits for a --netns run, sequence for a
+    --trace run."""
+    return RunFigures(run, out_dir).save_all()
+
+
+def warm_up(draw: bool = True) -> None:
+    """Import the analysis and plotting stack (importing this module does) and, if
+    ``draw``, draw one small figure with text, so that the first real figure does not
+    pay for loading matplotlib's fonts and the Agg renderer. ``bufdemo run`` calls it
+    from a low-priority thread while the experiment runs, and waits for it before
+    drawing."""
+    import io
+
+    if not draw:
+        return
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.0, 1.0))
+    ax = fig.add_subplot()
+    ax.plot([0.0, 1.0], [0.0, 1.0], label="warm-up")
+    ax.set_xlabel("time (s)")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png", dpi=FIGURE_DPI)
 
 
 def _json_ready(value: Any) -> Any:

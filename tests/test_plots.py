@@ -281,12 +281,12 @@ def test_save_figures_writes_png_and_svg(tmp_path: Path) -> None:
     write_run(tmp_path / "run", Model(messages=300))
     run = load_run(tmp_path / "run")
     paths = save_figures(run)
-    assert [p.name for p in paths] == [
+    assert [p.name for p in paths] == [  # every PNG first: the pictures to look at
         "timeline.png",
-        "timeline.svg",
         "zoom.png",
-        "zoom.svg",
         "latency.png",
+        "timeline.svg",
+        "zoom.svg",
         "latency.svg",
     ]
     for p in paths:

@@ -81,6 +81,10 @@ def test_the_run_directory_has_every_table_and_plot(small_run: Path) -> None:
         "zoom.png",
     ):
         assert (small_run / name).stat().st_size > 0, name
+    # The picture the user waits for is written first, the summary and the rest after.
+    written = {p.name: p.stat().st_mtime_ns for p in small_run.iterdir()}
+    assert written["timeline.png"] <= written["summary.json"] <= written["timeline.svg"]
+    assert written["zoom.png"] <= written["timeline.svg"]
     run = analysis.load_run(small_run)
     assert len(run.sends) == 3000
     assert len(run.consumed) == 3000
