@@ -21,10 +21,10 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -55,6 +55,9 @@ from bufdemo.experiment.recorder import (
 )
 from bufdemo.experiment.wire import HEADER_SIZE
 from bufdemo.net import Address, parse_address
+
+if TYPE_CHECKING:
+    from bufdemo.experiment.run import LazyRunDir
 
 __all__ = ["register"]
 
@@ -589,8 +592,7 @@ def receive(
     the client).
     """
     from bufdemo.experiment.receiver import ReceiverResult, run_receiver
-    from bufdemo.experiment.run import LazyRunDir, check_out_dir, kept_on_failure
-    from bufdemo.signals import StopSignals
+    from bufdemo.experiment.run import LazyRunDir, check_out_dir
 
     address = parse_address(listen, "--listen")
     token_bytes = _parse_token(token)
@@ -638,12 +640,7 @@ def receive(
             recv_queue=progress[PROGRESS_INQ],
         )
 
-    # Ctrl-C or `kill PID`: the first stops the run, later ones cannot cut the writing.
-    with (
-        StopSignals(),
-        kept_on_failure(made, cfg, receiver=result),
-        _display(read, _progress_shown(as_json), cfg.mode),
-    ):
+    with _by_hand(made, cfg, read, as_json, receiver=result):
         run_receiver(
             cfg,
             address,
@@ -659,14 +656,8 @@ def receive(
     counts = f"consumed {result.messages:,} messages ({result.intact:,} intact)"
     if result.rejected:
         counts += f", {result.rejected:,} stray connection(s) rejected"
-    if as_json:
-        out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
-    if not result.complete:
-        one_line(f"RunIncomplete: {result.error} ({counts}; kept in {made.path})")
-        return 1
-    if not as_json:
-        _say(f"{counts} -> {made.path}")
-    return 0
+    reason = None if result.complete else result.error or "the receiver did not finish"
+    return _half_done(made, dict(result.as_dict()), as_json, counts, reason)
 
 
 def send(
@@ -699,9 +690,8 @@ def send(
     as the kernel accepts them, record every send, write the sender's tables in a run
     directory (inside --out).
     """
-    from bufdemo.experiment.run import LazyRunDir, check_out_dir, kept_on_failure
+    from bufdemo.experiment.run import LazyRunDir, check_out_dir
     from bufdemo.experiment.sender import SenderResult, run_sender
-    from bufdemo.signals import StopSignals
 
     address = parse_address(to, "--to", allow_port_zero=False)
     token_bytes = _parse_token(token)
@@ -736,18 +726,40 @@ def send(
             blocked_since_ns=progress[PROGRESS_BLOCKED_SINCE],
         )
 
-    with (
-        StopSignals(),  # Ctrl-C or `kill PID`: the first stops, later ones are ignored
-        kept_on_failure(made, cfg, sender=result),
-        _display(read, _progress_shown(as_json), cfg.mode),
-    ):
+    with _by_hand(made, cfg, read, as_json, sender=result):
         run_sender(cfg, address, made.create, progress=progress, result=result, clock_sync=True)
     counts = f"sent {result.messages:,} messages, {result.blocking_sends:,} blocking"
+    reason = None if result.complete else result.error or "the sender did not finish"
+    return _half_done(made, dict(result.as_dict()), as_json, counts, reason)
+
+
+@contextlib.contextmanager
+def _by_hand(
+    made: LazyRunDir, cfg: RunConfig, read: Callable[[], Reading], as_json: bool, **side: Any
+) -> Iterator[None]:
+    """Around a by-hand half (``sender=`` or ``receiver=`` its result): Ctrl-C or
+    `kill PID` stops it (later ones cannot cut the writing), meta.json is written into
+    its run directory whatever happens, and the live display shows ``read``."""
+    from bufdemo.experiment.run import kept_on_failure
+    from bufdemo.signals import StopSignals
+
+    with (
+        StopSignals(),
+        kept_on_failure(made, cfg, **side),
+        _display(read, _progress_shown(as_json), cfg.mode),
+    ):
+        yield
+
+
+def _half_done(
+    made: LazyRunDir, record: dict[str, Any], as_json: bool, counts: str, error: str | None
+) -> int:
+    """A by-hand half's report (its record with --json) and exit code; ``error`` is None
+    when it completed."""
     if as_json:
-        out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
-    if not result.complete:
-        reason = result.error or "the sender did not finish"
-        one_line(f"RunIncomplete: {reason} ({counts}; kept in {made.path})")
+        out.print_json(data={**record, "run_dir": str(made.path)})
+    if error is not None:
+        one_line(f"RunIncomplete: {error} ({counts}; kept in {made.path})")
         return 1
     if not as_json:
         _say(f"{counts} -> {made.path}")
