@@ -57,7 +57,7 @@ from bufdemo.experiment.wire import HEADER_SIZE
 from bufdemo.net import Address, parse_address
 
 if TYPE_CHECKING:
-    from bufdemo.experiment.run import LazyRunDir
+    from bufdemo.experiment.run import LazyRunDir, Progress
 
 __all__ = ["register"]
 
@@ -328,7 +328,7 @@ def run(
     samples both sockets, then writes a run directory (inside --out), its summary and
     the timeline plot. Progress on stderr; the summary on stdout.
     """
-    from bufdemo.experiment.run import Progress, create_run_dir, run_experiment, run_label
+    from bufdemo.experiment.run import create_run_dir, run_experiment, run_label
 
     cfg = RunConfig(
         messages=messages,
@@ -363,20 +363,7 @@ def run(
     latest: list[Progress | None] = [None]
 
     def read() -> Reading:
-        now, p = time.perf_counter_ns(), latest[0]
-        if p is None:
-            return Reading(now, 0.0, total=cfg.messages, sent=0, consumed=0)
-        return Reading(
-            now,
-            p.elapsed,
-            total=cfg.messages,
-            sent=p.sent,
-            consumed=p.consumed,
-            send_queue=p.send_queue,
-            recv_queue=p.recv_queue,
-            blocking_sends=p.blocking_sends,
-            blocked_since_ns=p.blocked_since_ns,
-        )
+        return run_reading(latest[0], cfg.messages)
 
     def on_progress(p: Progress) -> None:
         latest[0] = p
@@ -422,6 +409,24 @@ def _warm_up_analysis(draw: bool) -> threading.Thread:
     thread = threading.Thread(target=work, name="bufdemo-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def run_reading(p: Progress | None, total: int) -> Reading:
+    """What the live display shows of a run (both sides) from its latest progress."""
+    now = time.perf_counter_ns()
+    if p is None:
+        return Reading(now, 0.0, total=total, sent=0, consumed=0)
+    return Reading(
+        now,
+        p.elapsed,
+        total=total,
+        sent=p.sent,
+        consumed=p.consumed,
+        send_queue=p.send_queue,
+        recv_queue=p.recv_queue,
+        blocking_sends=p.blocking_sends,
+        blocked_since_ns=p.blocked_since_ns,
+    )
 
 
 def _requested(buffer: int | None) -> str:

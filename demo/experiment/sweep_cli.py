@@ -10,7 +10,6 @@ and the live display of the current one) goes to stderr, the table to stdout.
 from __future__ import annotations
 
 import json
-import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from bufdemo.experiment.cli import (
     _json_option,
     _progress_shown,
     _say,
+    run_reading,
 )
 from bufdemo.experiment.config import (
     DEFAULT_MESSAGES,
@@ -210,20 +210,7 @@ def sweep(
         latest[0] = p
 
     def read() -> Reading:
-        now, p = time.perf_counter_ns(), latest[0]
-        if p is None:
-            return Reading(now, 0.0, total=total[0], sent=0, consumed=0)
-        return Reading(
-            now,
-            p.elapsed,
-            total=total[0],
-            sent=p.sent,
-            consumed=p.consumed,
-            send_queue=p.send_queue,
-            recv_queue=p.recv_queue,
-            blocking_sends=p.blocking_sends,
-            blocked_since_ns=p.blocked_since_ns,
-        )
+        return run_reading(latest[0], total[0])
 
     def around(cfg: RunConfig) -> AbstractContextManager[None]:
         return _display(read, shown, Mode(cfg.mode))
