@@ -101,8 +101,11 @@ def test_rows_on_disk_plus_rows_in_memory_are_the_rows_recorded_in_order(
             if action == "full":
                 _point(path, Path("/dev/full"))  # every write fails: ENOSPC
                 on_disk = real.read_bytes() if real.exists() else b""
-                with pytest.raises(OSError, match="No space left on device"):
-                    table.spool()
+                if table.pending or not on_disk:  # something to write: it fails
+                    with pytest.raises(OSError, match="No space left on device"):
+                        table.spool()
+                else:
+                    table.spool()  # nothing new: no write at all
                 assert (real.read_bytes() if real.exists() else b"") == on_disk
                 _point(path, real)
             elif action == "spool":
