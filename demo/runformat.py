@@ -215,7 +215,8 @@ TRANSPORT_SAMPLES = TableFormat(
         "outq": _F64,  # bytes: SIOCOUTQ of the transport's socket
         "rss": _F64,  # bytes: the sender process's resident set size (psutil)
         # bytes: what the recording itself holds in memory at that moment (the sample
-        # tables' columns), part of rss: rss - recorder is the program's own growth
+        # tables' rows not yet spooled to disk), part of rss: rss - recorder is the
+        # program's own growth
         "recorder": _I64,
     },
 )

@@ -526,8 +526,8 @@ say(
     f"backpressure went into memory. With `drain()` the buffer never held more than "
     f"**{a['buffered_peak_bytes']:,} B** (high-water mark {a['high_water']:,} B plus one "
     f"message), the writer waited in drain() **{a['drain_waits']}** times, and RSS grew "
-    f"by {a['rss_growth_bytes'] / MB:.1f} MB, {a['recorder_growth_bytes'] / MB:.1f} MB of "
-    f"it the recording's own sample tables."
+    f"by {a['rss_growth_bytes'] / MB:.1f} MB, {a['recorder_growth_bytes'] / MB:.2f} MB of "
+    f"it the recording's own sample tables (spooled to disk every half second)."
 )""",
     ),
     (

@@ -30,7 +30,11 @@ So there are two modes:
 Besides the tables every mode writes, a thread samples ``transport_samples.csv`` on the
 run's clock (``time.perf_counter_ns``): the transport's buffered bytes
 (``get_write_buffer_size()``, ``len()`` of a bytearray, safe to read from a thread), the
-kernel's send queue of the same socket, and the process's RSS (psutil).
+kernel's send queue of the same socket, and the process's RSS (psutil). Both sampler
+threads spool their rows to disk every half second and drop them from memory (unlike the
+blocking sender's, whose thread must stay parked while its loop runs): the RSS then
+measures the program, with the recording's own bytes (the ``recorder`` column) about one
+interval of rows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.recorder import (
+    CHECKPOINT_INTERVAL,
     MISSING,
     PROGRESS_BLOCKED_SINCE,
     PROGRESS_BLOCKING,
@@ -58,7 +63,7 @@ from bufdemo.experiment.recorder import (
     BlockingLog,
     Sampler,
     SendLog,
-    write_table,
+    SpoolTable,
 )
 from bufdemo.experiment.sender import (
     SenderResult,
@@ -125,7 +130,14 @@ class TransportState:
 
 
 class TransportSampler(threading.Thread):
-    """Sample the transport's buffer, the kernel's send queue and RSS every ``interval``."""
+    """Sample the transport's buffer, the kernel's send queue and RSS every ``interval``.
+
+    With a ``path``, the rows are spooled to it every ``checkpoint_interval`` from this
+    thread (:class:`~bufdemo.experiment.recorder.SpoolTable`, as the Sampler's): the
+    sampler holds about one interval of rows, and the peaks of ``buffered`` and ``rss``
+    are kept as running values. A spool that fails (disk full) is given up and its error
+    kept in ``checkpoint_error``; the rows stay in memory and :meth:`write` appends them.
+    """
 
     def __init__(
         self,
@@ -135,6 +147,8 @@ class TransportSampler(threading.Thread):
         count: Callable[[], int],
         rss: Callable[[], int | None],
         recorder: Callable[[], int] = lambda: 0,
+        path: Path | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         super().__init__(name="bufdemo-transport-sampler", daemon=True)
         self._recorder = recorder
@@ -145,9 +159,13 @@ class TransportSampler(threading.Thread):
         self._rss = rss
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
-        self.columns: dict[str, array[int]] = {
-            name: array("q") for name in runformat.TRANSPORT_SAMPLES.columns
-        }
+        self.table = SpoolTable(runformat.TRANSPORT_SAMPLES.columns, path, self._lock)
+        self.columns = self.table.columns  # the rows not yet spooled
+        self._spooling = path is not None
+        self._checkpoint_ns = max(1, round(checkpoint_interval * 1e9))
+        self.checkpoint_error: OSError | None = None
+        # Running peaks (the spooled rows are no longer in memory); None: never sampled.
+        self._peaks: dict[str, int | None] = {"buffered": None, "rss": None}
 
     def sample(self) -> None:
         with self._lock:
@@ -162,11 +180,27 @@ class TransportSampler(threading.Thread):
             c["outq"].append(MISSING if outq is None else outq)
             c["rss"].append(MISSING if rss is None else rss)
             c["recorder"].append(self._recorder() + self.held())
+            for name, value in (("buffered", buffered), ("rss", rss)):
+                peak = self._peaks[name]
+                if value is not None and (peak is None or value > peak):
+                    self._peaks[name] = value
+
+    def checkpoint(self) -> None:
+        """Spool the rows sampled since the last checkpoint (this thread only)."""
+        try:
+            self.table.spool()
+        except OSError as exc:  # disk full: the final write will say so
+            self.checkpoint_error = exc
+            self._spooling = False
 
     def run(self) -> None:
+        next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
         with contextlib.suppress(OSError):
             while not self._stop_event.wait(self._interval):
                 self.sample()
+                if self._spooling and time.perf_counter_ns() >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -177,18 +211,20 @@ class TransportSampler(threading.Thread):
 
     @property
     def rows(self) -> int:
-        return min(len(col) for col in self.columns.values())
+        """Samples taken: on disk (spooled) and in memory."""
+        return self.table.rows
 
     def held(self) -> int:
-        """Bytes this sampler's own columns hold (allocated, not just used)."""
-        return sum(held_bytes(col) for col in self.columns.values())
+        """Bytes this sampler's own columns hold (the rows not yet spooled)."""
+        return self.table.held()
 
     def peak(self, name: str) -> int | None:
-        values = [v for v in self.columns[name] if v != MISSING]
-        return max(values) if values else None
+        """The largest ``buffered`` or ``rss`` sampled (None: none sampled)."""
+        return self._peaks[name]
 
     def write(self, path: Path) -> None:
-        write_table(path, dict(self.columns), self.rows)
+        """Write the table (after spooling: append the rows not on disk yet)."""
+        self.table.write(path)
 
 
 async def _session(
@@ -380,12 +416,15 @@ def run_asyncio_sender(
     state = TransportState()
     rss, rss_missing = rss_reader()
     rss_start = rss()
+    # Both samplers spool their rows to their tables as they go: they hold about one
+    # checkpoint interval of rows, so the RSS measures the program, not its recording.
     sampler = Sampler(
         sock,
         cfg.sample_interval,
         count=lambda: sent[0],
         progress=progress,
         counters={PROGRESS_BLOCKING: lambda: len(blocking)},
+        checkpoint_samples=run_dir / runformat.SENDER_SAMPLES.file,
     )
     tsampler = TransportSampler(
         sock,
@@ -393,7 +432,8 @@ def run_asyncio_sender(
         state,
         lambda: sent[0],
         rss,
-        recorder=lambda: sum(held_bytes(col) for col in list(sampler.columns.values())),
+        recorder=sampler.table.held,
+        path=run_dir / runformat.TRANSPORT_SAMPLES.file,
     )
     try:
         result.t_connected_ns = time.perf_counter_ns()

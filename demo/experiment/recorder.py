@@ -8,8 +8,12 @@ A process can also die without a chance to write (SIGKILL, OOM). For that case a
 :class:`Sampler` can run *checkpoints*: every ``checkpoint_interval`` (0.5 s) its thread
 appends the rows recorded since the last checkpoint to the table's CSV file
 (:class:`TableCheckpoint`). The hot loop never sees it; a killed process loses at most
-the last half second. The final write replaces the checkpointed file atomically, with
-the same format.
+the last half second. The final write appends the rows that are left, in the same format.
+
+The periodic samples are not needed in memory once on disk: a checkpointed sampler
+*spools* them (:class:`SpoolTable`), appending its new rows and dropping them, so what it
+holds stays about one interval of rows (~110 KB at 1 ms) however long the run, and the
+process's RSS measures the program rather than its recording.
 
 Periodic samples come from a :class:`Sampler` thread in each process. It probes the
 socket on its own schedule, so the loop never pays for sampling, and it can keep
@@ -21,6 +25,7 @@ sides' rows align without correction on one host.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -52,6 +57,7 @@ __all__ = [
     "ConsumedLog",
     "Sampler",
     "SendLog",
+    "SpoolTable",
     "TableCheckpoint",
     "trim_partial_line",
     "write_table",
@@ -175,6 +181,104 @@ def trim_partial_line(path: Path) -> None:
                 f.truncate(data.rfind(b"\n") + 1)
     except FileNotFoundError:
         pass
+
+
+class SpoolTable:
+    """Integer columns filled row by row, whose complete rows move to the table's CSV file.
+
+    A sampler appends one value per column per sample (:attr:`columns`, one ``array('q')``
+    each; a row is complete once every column has it). With a ``path``, :meth:`spool`
+    appends the complete rows to that file, in :func:`write_table`'s format (the header
+    first, ``\n`` line ends, MISSING as an empty cell), in one ``write()``, and then
+    *drops them from memory*: a table spooled every CHECKPOINT_INTERVAL holds about one
+    interval of rows, however long the run. Always ``spooled + pending == rows`` (on
+    disk + in memory == recorded), in order.
+
+    A failed append (disk full, directory gone) raises and loses nothing: the file is
+    cut back to its last whole spooled row and the rows stay in memory, so the final
+    :meth:`write` appends them (or raises the error again). The file grows only at its
+    end: a process killed inside a write leaves at most one partial line, which
+    :func:`trim_partial_line` removes.
+
+    ``lock`` is the one the sampler holds while it appends a row: :meth:`spool` holds it
+    only to count the complete rows and to drop them, formatting and writing outside it.
+    Only one thread may spool.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        path: Path | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
+        self.path = path
+        self.columns: dict[str, array[int]] = {name: array("q") for name in names}
+        self.spooled = 0  # rows on disk, dropped from memory
+        self._size = 0  # bytes of the file that hold them (the header included)
+        self._cut = False  # a failed write may have left bytes past _size
+        self._lock = lock if lock is not None else threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Complete rows in memory, not yet on disk."""
+        return min(len(col) for col in self.columns.values())
+
+    @property
+    def rows(self) -> int:
+        """Rows recorded: on disk and in memory."""
+        return self.spooled + self.pending
+
+    def held(self) -> int:
+        """Bytes the columns hold in memory (their items)."""
+        return sum(len(col) * col.itemsize for col in self.columns.values())
+
+    def spool(self) -> None:
+        """Append the complete rows in memory to :attr:`path`, then drop them."""
+        if self.path is None:
+            raise RuntimeError("SpoolTable.spool: this table has no file")
+        with self._lock:
+            n = self.pending
+        if n == 0 and self._size > 0:
+            return
+        text = _format_rows(list(self.columns.values()), 0, n).encode()
+        if self._size == 0:
+            text = (",".join(self.columns) + "\n").encode() + text
+        self._append(self.path, text)
+        with self._lock:
+            for col in self.columns.values():
+                del col[:n]  # arrays shrink their allocation when cut by more than 16
+            self.spooled += n
+
+    def _append(self, path: Path, data: bytes) -> None:
+        # The first write truncates: a leftover from an earlier attempt is not ours.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if self._size == 0 else 0)
+        fd = os.open(path, flags, 0o666)
+        try:
+            os.lseek(fd, self._size, os.SEEK_SET)
+            view = memoryview(data)
+            while view:  # a short write (the disk filling up) is followed by the error
+                view = view[os.write(fd, view) :]
+            if self._cut:  # bytes a failed write left past the new end
+                os.ftruncate(fd, self._size + len(data))
+                self._cut = False
+        except OSError:
+            self._cut = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)  # whole rows only on disk
+            raise
+        finally:
+            os.close(fd)
+        self._size += len(data)
+
+    def write(self, path: Path) -> None:
+        """The final write: the rows left in memory. Appended to what is spooled, or, if
+        nothing is on disk yet, the whole table written at once (:func:`write_table`)."""
+        if self._size == 0:
+            write_table(path, self.columns, self.pending)
+            return
+        if path != self.path:
+            raise RuntimeError(f"SpoolTable.write: rows already spooled to {self.path}, not {path}")
+        self.spool()
 
 
 def _in_format_order(table: runformat.TableFormat, cells: Mapping[str, _T]) -> dict[str, _T]:
@@ -310,9 +414,11 @@ class Sampler(threading.Thread):
     slot, for a live display in another process (a shared array): the hot loop itself
     never writes to it, except the sender's PROGRESS_BLOCKED_SINCE on its slow path.
     ``checkpoints`` (and the samples themselves, to ``checkpoint_samples``) are flushed
-    every ``checkpoint_interval`` seconds from this thread;
-    a checkpoint that fails (disk full) is given up and its error kept in
-    ``checkpoint_error``, sampling goes on.
+    every ``checkpoint_interval`` seconds from this thread; the samples are *spooled*
+    (:class:`SpoolTable`): once on disk they leave memory, so the sampler holds about one
+    interval of rows however long the run. A checkpoint that fails (disk full) is given
+    up and its error kept in ``checkpoint_error``, sampling goes on, the rows not on
+    disk stay in memory and :meth:`write` appends them at the end (or raises).
     """
 
     def __init__(
@@ -334,10 +440,10 @@ class Sampler(threading.Thread):
         self._lock = threading.Lock()
         self.next_due_ns = 0  # when an inline sample is next due
         self._checkpoints = list(checkpoints)
-        if checkpoint_samples is not None:
-            self._checkpoints.append(
-                TableCheckpoint(checkpoint_samples, lambda: self.columns, lambda: self.rows)
-            )
+        # The samples, spooled to checkpoint_samples (if given) at each checkpoint: the
+        # rows on disk leave memory.
+        self.table = SpoolTable(SAMPLE_COLUMNS, checkpoint_samples, self._lock)
+        self._spooling = checkpoint_samples is not None
         self._checkpoint_ns = max(1, round(checkpoint_interval * 1e9))
         self.checkpoint_error: OSError | None = None
         self._sock = sock
@@ -346,7 +452,7 @@ class Sampler(threading.Thread):
         self._progress = progress
         self._counters = tuple((counters or {}).items())
         self._stop_event = threading.Event()
-        self.columns: dict[str, array[int]] = {name: array("q") for name in SAMPLE_COLUMNS}
+        self.columns = self.table.columns  # the rows not yet spooled
         self.error: BaseException | None = None
         self._tcp_info = probes.tcp_info_reader(sock)
 
@@ -401,9 +507,12 @@ class Sampler(threading.Thread):
         try:
             for cp in self._checkpoints:
                 cp.flush()
+            if self._spooling:
+                self.table.spool()
         except OSError as exc:  # disk full, directory gone: the final write will say so
             self.checkpoint_error = exc
             self._checkpoints = []
+            self._spooling = False  # the rows not spooled stay in memory
 
     def run(self) -> None:
         next_t = time.perf_counter_ns()
@@ -414,7 +523,8 @@ class Sampler(threading.Thread):
                 if self._stop_event.is_set():
                     break
                 self.sample()
-                if self._checkpoints and time.perf_counter_ns() >= next_checkpoint:
+                checkpoints = self._checkpoints or self._spooling
+                if checkpoints and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
                 next_t += self._interval_ns
@@ -436,7 +546,9 @@ class Sampler(threading.Thread):
 
     @property
     def rows(self) -> int:
-        return min(len(col) for col in self.columns.values())
+        """Samples taken: on disk (spooled) and in memory."""
+        return self.table.rows
 
     def write(self, path: Path) -> None:
-        write_table(path, dict(self.columns), self.rows)
+        """Write the samples (after the checkpoints: append the rows not spooled yet)."""
+        self.table.write(path)

@@ -271,7 +271,13 @@ def _tidy_after_death(run_dir: Path) -> None:
     """A side killed mid-write: cut a checkpoint's partial line, drop ``*.part`` files."""
     from bufdemo.experiment.recorder import trim_partial_line
 
-    for table in (runformat.CONSUMED, runformat.RECEIVER_SAMPLES):  # the checkpointed ones
+    # The checkpointed ones (the samples of the asyncio sender are spooled too).
+    for table in (
+        runformat.CONSUMED,
+        runformat.RECEIVER_SAMPLES,
+        runformat.SENDER_SAMPLES,
+        runformat.TRANSPORT_SAMPLES,
+    ):
         trim_partial_line(run_dir / table.file)
     for part in run_dir.glob("*.part"):
         with contextlib.suppress(OSError):
