@@ -82,7 +82,6 @@ from bufdemo.runformat import AsyncioRecord
 __all__ = [
     "TransportSampler",
     "TransportState",
-    "held_bytes",
     "rss_reader",
     "run_asyncio_sender",
 ]
@@ -107,11 +106,6 @@ def rss_reader() -> tuple[Callable[[], int | None], str | None]:
             return None
 
     return read, None
-
-
-def held_bytes(column: array[int]) -> int:
-    """The memory an array column holds: its items (arrays over-allocate ~1/16 more)."""
-    return column.buffer_info()[1] * column.itemsize
 
 
 @dataclass
