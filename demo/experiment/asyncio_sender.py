@@ -188,13 +188,21 @@ class TransportSampler(threading.Thread):
             self._spooling = False
 
     def run(self) -> None:
-        next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
+        interval_ns = max(1, round(self._interval * 1e9))
+        next_t = time.perf_counter_ns() + interval_ns
+        next_checkpoint = next_t + self._checkpoint_ns
         with contextlib.suppress(OSError):
-            while not self._stop_event.wait(self._interval):
+            # On a schedule, as the Sampler beside it: a sample every interval, not an
+            # interval after each sample (which would drift and take fewer rows).
+            while not self._stop_event.wait(max(0, next_t - time.perf_counter_ns()) / 1e9):
                 self.sample()
                 if self._spooling and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
+                next_t += interval_ns
+                now = time.perf_counter_ns()
+                if next_t < now:  # fell behind (machine busy): skip, don't burst
+                    next_t = now + interval_ns
 
     def stop(self) -> None:
         self._stop_event.set()
