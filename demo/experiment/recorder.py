@@ -307,31 +307,36 @@ class SendLog:
         self.t_start_ns = 0  # when sending began: the first message's duration counts from it
         self.rows = 0  # messages completely handed to the kernel
 
-    def columns(self, blocking: BlockingLog) -> dict[str, Sequence[int]]:
+    def columns(self, blocking: BlockingLog) -> dict[str, array[int]]:
+        """The table's columns, derived with numpy (a million rows in tens of
+        milliseconds; per-cell Python took seconds) and formatted by fastcsv."""
+        import numpy as np
+
         n = self.rows
-        t = self.t_ns[:n]
-        previous = array("q", [self.t_start_ns]) + t[:-1] if n else array("q")
-        accepted = [self.size] * n
-        blocked = [0] * n
+        t = np.frombuffer(self.t_ns, dtype=np.int64)[:n]
+        accepted = np.full(n, self.size, dtype=np.int64)
+        blocked = np.zeros(n, dtype=np.int64)
         for row in blocking.rows:
             seq = row[_BLOCKED_SEQ]
             if seq < n:
                 accepted[seq] = row[_BLOCKED_ACCEPTED]
                 blocked[seq] = 1
+        cells = {
+            "seq": np.arange(n, dtype=np.int64),
+            "t_ns": t,
+            "duration_ns": np.diff(t, prepend=np.int64(self.t_start_ns)),
+            "bytes": np.full(n, self.size, dtype=np.int64),
+            "accepted_first": accepted,
+            "blocked": blocked,
+        }
         return _in_format_order(
-            runformat.SENDS,
-            {
-                "seq": range(n),
-                "t_ns": t,
-                "duration_ns": [a - b for a, b in zip(t, previous, strict=True)],
-                "bytes": [self.size] * n,
-                "accepted_first": accepted,
-                "blocked": blocked,
-            },
+            runformat.SENDS, {k: array("q", v.astype(np.int64).tobytes()) for k, v in cells.items()}
         )
 
     def write(self, path: Path, blocking: BlockingLog) -> None:
-        write_table(path, self.columns(blocking), self.rows)
+        from bufdemo.experiment import fastcsv  # imports this module: imported on use
+
+        fastcsv.write_table(path, self.columns(blocking), self.rows)
 
 
 class BlockingLog:
