@@ -15,8 +15,9 @@ drift on a shared machine hits both alike; medians are compared.
   loop into the same reader, from connect to the last send.
 - **startup** (goal 5): `bufdemo run --recv-delay 0` with its plot, from launching the
   command to the sender's connection (``t0_ns``: the first message follows at once),
-  and from the receiver's last message (``t_done_ns``) to the command's exit (tables
-  written, summary and plot drawn). Goal: <= 2 s after the receiver's end at 100,000.
+  and from the receiver's last message (``t_done_ns``) to timeline.png written (the
+  goal: <= 2 s at 100,000 messages) and to the command's exit (tables, summary and
+  every figure written), with when each file appeared.
 - **witness hook** (goal 4): ``--witness-args "--flag ..."`` runs the sender figure a
   second time with those flags added to `bufdemo send` and prints the points lost.
   The flags belong to features of other issues (tracing, capture, timestamps); none
@@ -51,9 +52,9 @@ STARTUP_GOAL_S = 2.0
 # What the user waits for after the receiver's end, in the order `bufdemo run` writes it.
 TEARDOWN_STEPS = {
     "tables": "meta.json",
-    "summary": "summary.json",
     "first plot": "timeline.png",
-    "all figures": "zoom.svg",
+    "summary": "summary.json",
+    "all figures": "latency.svg",
 }
 
 
@@ -208,12 +209,18 @@ def startup(n: int, rounds: int, out: Path) -> None:
             if first is not None:
                 steps[name].append((first - wall_offset - t_done) / 1e9)
     up, down = median(ups), median(downs)
-    verdict = "meets" if down <= STARTUP_GOAL_S else "MISSES"
+    plotted = steps["first plot"]
     print(
         f"  launch -> first message {up:.2f} s ({min(ups):.2f} .. {max(ups):.2f}); "
-        f"last message consumed -> prompt, plot drawn {down:.2f} s "
-        f"({min(downs):.2f} .. {max(downs):.2f})  [goal <= {STARTUP_GOAL_S:g} s: {verdict}]"
+        f"last message consumed -> prompt {down:.2f} s ({min(downs):.2f} .. {max(downs):.2f})"
     )
+    if plotted:
+        shown = median(plotted)
+        verdict = "meets" if shown <= STARTUP_GOAL_S else "MISSES"
+        print(
+            f"  last message consumed -> timeline.png written {shown:.2f} s "
+            f"({min(plotted):.2f} .. {max(plotted):.2f})  [goal <= {STARTUP_GOAL_S:g} s: {verdict}]"
+        )
     done = ", ".join(f"{name} +{median(v):.2f} s" for name, v in steps.items() if v)
     print(f"  after the last message consumed (file written, median): {done}")
 
