@@ -150,9 +150,14 @@ def user_buffer_notes(numbers: dict[str, Any] | None) -> list[str]:
         )
     growth = numbers.get("rss_growth_bytes")
     if growth is not None:
+        own = numbers["recorder_growth_bytes"]
         notes.append(
-            f"the sender's RSS grew by {growth / MIB:.1f} MiB (of which the recording's own "
-            f"sample tables {numbers['recorder_growth_bytes'] / MIB:.1f} MiB)"
+            f"the sender's RSS grew by {growth / MIB:.1f} MiB"
+            + (
+                f" (of which the recording's own sample rows {own / MIB:.1f} MiB)"
+                if own >= 0.05 * MIB  # spooled to disk every 0.5 s: usually ~0.1 MiB
+                else ""
+            )
         )
     elif numbers.get("rss_missing"):
         notes.append(f"rss not recorded: {numbers['rss_missing']}")
