@@ -12,15 +12,13 @@ SOURCES := $(shell find demo analysis -name '*.py' -o -name py.typed 2>/dev/null
 
 # The dependencies, once per pyproject.toml: read from it and installed alone (bufdemo
 # itself is installed once, below, not also built here as a plain editable install).
-# --no-compile: no bytecode for the thousands of dependency files no test imports;
-# Python writes it for the ones imported, on first import.
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 		print(*p["dependencies"], *p["optional-dependencies"]["dev"], sep="\n")' \
 		> $(VENV)/requirements.txt
-	$(BIN)/python -m pip install --quiet --no-compile -r $(VENV)/requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements.txt
 	@touch $@
 
 # bufdemo itself, as a strict editable install: a tree of links named as the package
