@@ -10,11 +10,15 @@ SOURCES := $(shell find demo analysis -name '*.py' -o -name py.typed 2>/dev/null
 
 .PHONY: run test lint bench clean install
 
-# The dependencies, once per pyproject.toml.
+# The dependencies, once per pyproject.toml: read from it and installed alone (bufdemo
+# itself is installed once, below, not also built here as a plain editable install).
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print(*p["dependencies"], *p["optional-dependencies"]["dev"], sep="\n")' \
+		> $(VENV)/requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements.txt
 	@touch $@
 
 # bufdemo itself, as a strict editable install: a tree of links named as the package

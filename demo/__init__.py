@@ -17,13 +17,7 @@ Two products share this package and only a few pieces (errors, addresses, probes
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("bufdemo")
-except PackageNotFoundError:  # pragma: no cover - imported from a bare source tree
-    __version__ = "0+unknown"
 
 from bufdemo.errors import BufdemoError, ConfigError, PeerError, ProtocolError, RunDirError
 from bufdemo.experiment.config import Mode, RunConfig
@@ -53,10 +47,24 @@ __all__ = [
 if TYPE_CHECKING:
     from bufdemo import analysis
 
+    __version__: str
+
 
 def __getattr__(name: str) -> Any:
     # ``bufdemo.analysis`` loads pandas and matplotlib: only when asked for, so that the
     # sender and receiver processes (which import bufdemo) start without them.
     if name == "analysis":
         return import_module("bufdemo.analysis")
+    if name == "__version__":
+        # Read from the installed distribution only when asked for: importlib.metadata
+        # (with email, zipfile, csv) is about a third of an interpreter's start-up with
+        # bufdemo, paid by every sender and receiver process a run spawns.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("bufdemo")
+        except PackageNotFoundError:  # pragma: no cover - imported from a bare source tree
+            found = "0+unknown"
+        globals()["__version__"] = found
+        return found
     raise AttributeError(f"module 'bufdemo' has no attribute {name!r}")

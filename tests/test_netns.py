@@ -26,7 +26,7 @@ from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.run import run_experiment
 from bufdemo.runformat import ADDED_COLUMNS, LINK_SAMPLES
 from tests.conftest import require_root, require_tool
-from tests.procs import Bufdemo
+from tests.procs import Bufdemo, wait_for_checkpoint
 
 # -- pure ------------------------------------------------------------------------------
 
@@ -206,7 +206,8 @@ def test_ctrl_c_and_a_killed_side_leave_nothing(tmp_path: Path) -> None:
         bd = Bufdemo([*slow, "--out", str(tmp_path / how.split()[0])], cwd=tmp_path)
         try:
             names = _wait_for_namespaces(bd.pid)
-            time.sleep(3.0)  # both sides started and connected (a loaded machine: generous)
+            # Both sides started and connected: the receiver has checkpointed a consumed row.
+            wait_for_checkpoint(tmp_path / how.split()[0])
             if how == "ctrl-c":
                 os.killpg(bd.pid, signal.SIGINT)
             else:

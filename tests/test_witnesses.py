@@ -371,7 +371,9 @@ def test_a_killed_traced_run_leaves_an_instance_the_next_run_removes(tmp_path: P
         left = [p for r in roots for p in r.iterdir() if p.name.startswith(prefix)]
         time.sleep(0.1)
     assert left, "the run never created its tracefs instance"
-    time.sleep(1.0)  # tcpdump started too
+    while time.monotonic() < deadline and not _tcpdumps_writing_under(tmp_path / "killed"):
+        time.sleep(0.1)
+    assert _tcpdumps_writing_under(tmp_path / "killed"), "the run never started tcpdump"
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert left[0].exists()  # SIGKILL: nobody removed it
