@@ -378,27 +378,30 @@ def run(
             f"mode {cfg.mode.value}",
             soft_wrap=True,
         )
-    # The analysis stack loads while the run goes, at the lowest priority: not in a
-    # --netns run, whose link sampler shares this process's GIL.
-    warm = None if cfg.netns else _warm_up_analysis(cfg.plot)
+    # The analysis stack loads while the two sides start (spawned interpreters take ~1 s),
+    # and the sender is started only once it has loaded: nothing of it runs beside the
+    # measured phase, and the summary and first plot follow the run's end sooner.
+    warm = _warm_up_analysis(cfg.plot)
     with _display(read, shown, cfg.mode):
-        result = run_experiment(cfg, on_progress, run_dir=run_dir)
+        result = run_experiment(
+            cfg, on_progress, run_dir=run_dir, before_sender=lambda: _warmed_up(warm, cfg)
+        )
     for note in result.notes:  # a witness skipped or degraded: one line each, and why
         one_line(note)
-    if warm is not None:
-        warm.join()  # matplotlib is not thread-safe: one thread draws at a time
+    warm.join()  # matplotlib is not thread-safe: one thread draws at a time
     return _finish_run(result.run_dir, cfg.plot, as_json, result.reason, result.interrupted)
+
+
+# How long the sender's start waits for the warm-up (a busy machine): past it, the run
+# starts and the warm-up goes on at SCHED_IDLE, on CPU time nothing else wants.
+WARM_UP_WAIT = 10.0
 
 
 def _warm_up_analysis(draw: bool) -> threading.Thread:
     """Import bufdemo.analysis and warm matplotlib up (:func:`bufdemo.analysis.report.warm_up`)
-    in a thread at nice 19, which takes only CPU time the run's processes leave idle:
-    the summary and the first plot then follow the run's end without that wait."""
+    in a thread of its own."""
 
     def work() -> None:
-        if sys.platform == "linux":  # a thread's own priority (elsewhere: the process's)
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             from bufdemo.analysis.report import warm_up
 
@@ -409,6 +412,17 @@ def _warm_up_analysis(draw: bool) -> threading.Thread:
     thread = threading.Thread(target=work, name="bufdemo-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def _warmed_up(warm: threading.Thread, cfg: RunConfig) -> None:
+    """Before the sender starts: wait for the warm-up (up to WARM_UP_WAIT, or half of
+    --timeout); if it is still going, demote it to SCHED_IDLE so it cannot take CPU
+    time from the run."""
+    wait = WARM_UP_WAIT if cfg.timeout is None else min(WARM_UP_WAIT, cfg.timeout / 2)
+    warm.join(wait)
+    if warm.is_alive() and warm.native_id is not None and sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(warm.native_id, os.SCHED_IDLE, os.sched_param(0))
 
 
 def run_reading(p: Progress | None, total: int) -> Reading:

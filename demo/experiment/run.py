@@ -425,8 +425,12 @@ def run_experiment(
     on_progress: Callable[[Progress], None] = lambda p: None,
     *,
     run_dir: Path | None = None,
+    before_sender: Callable[[], None] = lambda: None,
 ) -> RunResult:
     """Run one experiment end to end; always leaves a run directory with meta.json.
+
+    ``before_sender`` is called once the receiver listens, right before the sender
+    starts (``bufdemo run`` finishes loading its analysis there).
 
     Ctrl-C (KeyboardInterrupt) or SIGTERM during the run stops both sides and returns
     a result with ``interrupted=True``; the run directory is complete up to that point.
@@ -481,6 +485,7 @@ def run_experiment(
                 failure = address
             else:
                 witnesses.start(address.port)  # before the sender connects: SYN recorded
+                before_sender()
                 sender = ctx.Process(
                     target=_sender_child,
                     args=(cfg, address, run_dir, send_progress, send_ns),
