@@ -23,7 +23,11 @@ drift on a shared machine hits both alike; medians are compared.
   The flags belong to features of other issues (tracing, capture, timestamps); none
   exists yet, so by default this part is skipped.
 
-    python -m bench.cli [--parts pipeline sender startup] [--rounds 3]
+``--pin`` runs the sender figure with the reader on CPU 1 and both senders on CPU 0: on
+2 cores the scheduler otherwise sometimes puts a sender and the reader on one CPU, and
+the bare reference moves by tens of points from round to round.
+
+    python -m bench.cli [--parts pipeline sender startup] [--rounds 3] [--pin]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import shlex
 import socket
 import subprocess
@@ -152,8 +157,13 @@ def cli_sender(addr: tuple[str, int], n: int, size: int, out: Path, extra: Seque
     return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9)
 
 
-def sender(counts: Sequence[int], rounds: int, out: Path, witness: Sequence[str]) -> None:
-    with drain_receiver() as addr:
+def sender(
+    counts: Sequence[int], rounds: int, out: Path, witness: Sequence[str], pin: bool = False
+) -> None:
+    if pin:  # the reader on CPU 1; this process, and so the commands it starts, on CPU 0
+        print("  pinned: the reader on CPU 1, bare and `bufdemo send` on CPU 0")
+        os.sched_setaffinity(0, {0})
+    with drain_receiver(cpu=1 if pin else None) as addr:
         for n in counts:
             goal = SENDER_GOALS.get(n, 0.90)
             print(f"sender on the CLI into a 1 MiB reader: {n:,} messages, {rounds} rounds")
@@ -238,13 +248,18 @@ def main() -> None:
     parser.add_argument(
         "--witness-args", default="", help="flags for `bufdemo send` that switch witnesses on"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="sender figure: the reader on CPU 1, both senders on CPU 0 (2-core noise)",
+    )
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-cli-"))
     if "pipeline" in args.parts:
         pipeline(args.pipeline_messages, args.rounds, out / "pipeline")
     if "sender" in args.parts:
         witness = shlex.split(args.witness_args)
-        sender(args.sender_messages, args.rounds, out / "sender", witness)
+        sender(args.sender_messages, args.rounds, out / "sender", witness, args.pin)
     if "startup" in args.parts:
         startup(args.startup_messages, args.rounds, out)
     print(f"  runs kept in {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import socket
 import statistics
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from multiprocessing.connection import Connection
 DRAIN_CHUNK = 1 << 20  # one recv_into of up to 1 MiB: the drain never limits the sender
 
 
-def _drain(listener: socket.socket, ready: Connection) -> None:  # runs in a child
+def _drain(listener: socket.socket, ready: Connection, cpu: int | None) -> None:  # a child
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     ready.send(listener.getsockname()[1])
     while True:
         conn, _ = listener.accept()
@@ -24,14 +27,15 @@ def _drain(listener: socket.socket, ready: Connection) -> None:  # runs in a chi
 
 
 @contextmanager
-def drain_receiver() -> Iterator[tuple[str, int]]:
-    """An unthrottled receiver in another process: reads and discards, as fast as it can."""
+def drain_receiver(cpu: int | None = None) -> Iterator[tuple[str, int]]:
+    """An unthrottled receiver in another process: reads and discards, as fast as it can
+    (on CPU ``cpu`` only, if given)."""
     ctx = mp.get_context("fork")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_drain, args=(listener, child), daemon=True)
+    proc = ctx.Process(target=_drain, args=(listener, child, cpu), daemon=True)
     proc.start()
     port = parent.recv()
     listener.close()
