@@ -52,3 +52,4 @@ bench: install
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.receiver
 	$(BIN)/python -m bench.cli
+	$(BIN)/python -m bench.floor

@@ -1,0 +1,135 @@
+"""The sender's floor: what a loop that records every send can reach, next to bufdemo's.
+
+All in this process, into a reader in another process (1 MiB reads), alternated for
+--rounds rounds, medians compared with the bare ``sendall`` loop of the same rounds:
+
+- ``bare``: ``sock.sendall(msg)`` per message, one pre-built message;
+- ``write``: ``os.write(fd, msg)`` per message (the call bufdemo's loop makes);
+- ``floor``: ``os.write``, a check of the count, ``stamps.append(perf_counter_ns())``:
+  the least a loop that records every send must do;
+- ``loop-B``: bufdemo's ``send_loop`` without sampling, frames framed B at a time (the
+  default is ``frames_per_block``: 1,024 at 64 B and 1 KiB);
+- ``run_sender``: the whole sender of ``bufdemo send`` (connection set-up, sampler,
+  clock frames, tables), its rate from ``t_connected_ns`` to ``t_done_ns`` as in
+  ``bench.cli``: the command without the command line.
+
+``--pin`` puts the reader on CPU 1 and this process on CPU 0.
+
+    python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import drain_receiver, median
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.recorder import BlockingLog, SendLog
+from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
+from bufdemo.experiment.wire import FrameBlock
+from bufdemo.net import Address
+
+Variant = Callable[[tuple[str, int], int, int], float]
+
+
+def _timed(addr: tuple[str, int], n: int, body: Callable[[socket.socket], None]) -> float:
+    with socket.create_connection(addr) as sock:
+        t0 = time.perf_counter()
+        body(sock)
+        return n / (time.perf_counter() - t0)
+
+
+def bare(addr: tuple[str, int], n: int, size: int) -> float:
+    msg = b"x" * size
+
+    def body(sock: socket.socket) -> None:
+        sendall = sock.sendall
+        for _ in range(n):
+            sendall(msg)
+
+    return _timed(addr, n, body)
+
+
+def write(addr: tuple[str, int], n: int, size: int) -> float:
+    msg = b"x" * size
+
+    def body(sock: socket.socket) -> None:
+        fd, w = sock.fileno(), os.write
+        for _ in range(n):
+            w(fd, msg)
+
+    return _timed(addr, n, body)
+
+
+def floor(addr: tuple[str, int], n: int, size: int) -> float:
+    msg = b"x" * size
+
+    def body(sock: socket.socket) -> None:
+        fd, w, now = sock.fileno(), os.write, time.perf_counter_ns
+        stamps: list[int] = []
+        stamp = stamps.append
+        for _ in range(n):
+            if w(fd, msg) != size:
+                raise SystemExit("a partial write: the reader did not keep up")
+            stamp(now())
+
+    return _timed(addr, n, body)
+
+
+def loop(block: int) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        cfg = RunConfig(messages=n, size=size)
+        log, blocking, sent = SendLog(n, size), BlockingLog(), array("q", [0])
+        frames = FrameBlock(size, block)
+        return _timed(addr, n, lambda sock: send_loop(sock, cfg, log, blocking, sent, frames))
+
+    return variant
+
+
+def whole_sender(out: Path) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        result = SenderResult()
+        run_dir = Path(tempfile.mkdtemp(dir=out))
+        run_sender(RunConfig(messages=n, size=size, out=out), Address(*addr), run_dir, None, result)
+        if result.t_done_ns is None or result.t_connected_ns is None:
+            raise SystemExit(f"run_sender did not finish: {result.error}")
+        return n / ((result.t_done_ns - result.t_connected_ns) / 1e9)
+
+    return variant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1024])
+    parser.add_argument("--pin", action="store_true", help="reader on CPU 1, senders on CPU 0")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-floor-"))
+    variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
+    variants |= {f"loop-{b}": loop(b) for b in args.blocks}
+    variants["run_sender"] = whole_sender(out)
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+    print(f"the sender's floor: {args.messages:,} messages, {args.rounds} alternated rounds")
+    with drain_receiver(cpu=1 if args.pin else None) as addr:
+        for size in (64, 1024):
+            rates: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(args.rounds):
+                for name, variant in variants.items():
+                    rates[name].append(variant(addr, args.messages, size))
+            b = median(rates["bare"])
+            cells = "  ".join(f"{k} {median(v) / b:.3f}" for k, v in rates.items() if k != "bare")
+            print(f"  {size:>5} B  bare {b:>9,.0f} msg/s  {cells}")
+    print(f"  runs kept in {out}")
+
+
+if __name__ == "__main__":
+    main()
