@@ -16,6 +16,13 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
 ``--pin`` puts the reader on CPU 1 and this process on CPU 0.
 
     python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
+
+Instructions per message, which do not move with the machine's load: run one variant
+under valgrind at two message counts and divide the difference (the reader, a forked
+child, reports its own count on its own line):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python -m bench.floor --only floor --sizes 64 --rounds 1 --messages 20000
 """
 
 from __future__ import annotations
@@ -111,20 +118,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--blocks", type=int, nargs="+", default=[1024])
     parser.add_argument("--pin", action="store_true", help="reader on CPU 1, senders on CPU 0")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 1024])
+    parser.add_argument(
+        "--only", nargs="+", help="these variants only (rates, no ratios without bare)"
+    )
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-floor-"))
     variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
     variants |= {f"loop-{b}": loop(b) for b in args.blocks}
     variants["run_sender"] = whole_sender(out)
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
     if args.pin:
         os.sched_setaffinity(0, {0})
     print(f"the sender's floor: {args.messages:,} messages, {args.rounds} alternated rounds")
     with drain_receiver(cpu=1 if args.pin else None) as addr:
-        for size in (64, 1024):
+        for size in args.sizes:
             rates: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, variant in variants.items():
                     rates[name].append(variant(addr, args.messages, size))
+            if "bare" not in rates:
+                cells = "  ".join(f"{k} {median(v):,.0f} msg/s" for k, v in rates.items())
+                print(f"  {size:>5} B  {cells}")
+                continue
             b = median(rates["bare"])
             cells = "  ".join(f"{k} {median(v) / b:.3f}" for k, v in rates.items() if k != "bare")
             print(f"  {size:>5} B  bare {b:>9,.0f} msg/s  {cells}")
