@@ -132,6 +132,13 @@ def test_the_sender_state_when_not_blocked(sent: int, consumed: int | None, stat
     assert sender_state(s) == state
 
 
+def test_a_nodrain_sender_done_writing_is_not_done_sending() -> None:
+    """asyncio-nodrain counts messages written to the transport: most still wait in
+    asyncio's buffer when the last one is written."""
+    s = Tracker("asyncio-nodrain").observe(Reading(S, 1.0, total=10, sent=10, consumed=3))
+    assert sender_state(s) == "done writing; asyncio's buffer drains into the kernel"
+
+
 def test_rates_are_messages_per_second_over_the_last_second() -> None:
     tracker = Tracker()
     first = tracker.observe(Reading(0, 0.0, total=10**6, sent=0, consumed=0))

@@ -185,6 +185,8 @@ def sender_state(s: Snapshot) -> str:
         where = {"select": "select()", "asyncio": "drain()"}.get(s.mode, "send()")
         return f"blocked in {where} for {duration(s.blocked_for)}"
     if s.sent is not None and s.total is not None and s.sent >= s.total:
+        if s.mode == "asyncio-nodrain":  # written to the transport, not yet to the kernel
+            return "done writing; asyncio's buffer drains into the kernel"
         if s.consumed is not None and s.consumed < s.total:
             return "done; the receiver drains the rest"
         return "done: every message handed to the kernel"
