@@ -73,6 +73,7 @@ from bufdemo.experiment.sender import (
     drain_stuck,
     frames_per_block,
     identify,
+    log_wait,
     open_connection,
 )
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
@@ -322,7 +323,7 @@ async def _timed_drain(
     t0 = time.perf_counter_ns()
     if progress is not None:
         progress[PROGRESS_BLOCKED_SINCE] = t0
-    outq0, outq_nsd0, sndbuf0, wq0, sk0 = _probe(sock)
+    before = _probe(sock)
     try:
         await asyncio.wait_for(writer.drain(), cfg.timeout)
     except TimeoutError as exc:
@@ -338,26 +339,8 @@ async def _timed_drain(
     finally:
         if progress is not None:
             progress[PROGRESS_BLOCKED_SINCE] = 0
-    t1 = time.perf_counter_ns()
-    outq1, outq_nsd1, sndbuf1, wq1, sk1 = _probe(sock)
-    blocking.append(
-        seq=seq,
-        t_start_ns=t0,
-        t_end_ns=t1,
-        accepted_first=cfg.size,  # write() takes every byte; the wait is drain()'s
-        bytes_after_wait=0,
-        outq_start=outq0,
-        outq_nsd_start=outq_nsd0,
-        sndbuf_start=sndbuf0,
-        outq_end=outq1,
-        outq_nsd_end=outq_nsd1,
-        sndbuf_end=sndbuf1,
-        waits=1,
-        wmem_queued_start=wq0,
-        sk_sndbuf_start=sk0,
-        wmem_queued_end=wq1,
-        sk_sndbuf_end=sk1,
-    )
+    # write() takes every byte; the wait is drain()'s
+    log_wait(blocking, seq, t0, time.perf_counter_ns(), cfg.size, 0, 1, before, _probe(sock))
 
 
 async def _flush_and_close(

@@ -147,7 +147,10 @@ def connect(cfg: RunConfig, to: Address) -> socket.socket:
     return sock
 
 
-def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
+Probe = tuple[int, int, int, int, int]  # _probe's answer: the queues and sizes around a wait
+
+
+def _probe(sock: socket.socket) -> Probe:
     def val(v: int | None) -> int:
         return -1 if v is None else v
 
@@ -166,6 +169,41 @@ def _probe(sock: socket.socket) -> tuple[int, int, int, int, int]:
         sndbuf,
         -1 if mem is None else mem["wmem_queued"],
         -1 if mem is None else mem["sndbuf"],
+    )
+
+
+def log_wait(
+    blocking: BlockingLog,
+    seq: int,
+    t0: int,
+    t1: int,
+    accepted: int,
+    after_wait: int,
+    waits: int,
+    before: Probe,
+    after: Probe,
+) -> None:
+    """One row of blocking_sends.csv: message ``seq`` waited from t0 to t1; ``accepted``
+    bytes went before the wait, ``after_wait`` after it; the probes at both ends."""
+    outq0, outq_nsd0, sndbuf0, wq0, sk0 = before
+    outq1, outq_nsd1, sndbuf1, wq1, sk1 = after
+    blocking.append(
+        seq=seq,
+        t_start_ns=t0,
+        t_end_ns=t1,
+        accepted_first=accepted,
+        bytes_after_wait=after_wait,
+        outq_start=outq0,
+        outq_nsd_start=outq_nsd0,
+        sndbuf_start=sndbuf0,
+        outq_end=outq1,
+        outq_nsd_end=outq_nsd1,
+        sndbuf_end=sndbuf1,
+        waits=waits,
+        wmem_queued_start=wq0,
+        sk_sndbuf_start=sk0,
+        wmem_queued_end=wq1,
+        sk_sndbuf_end=sk1,
     )
 
 
@@ -218,7 +256,7 @@ def send_loop(
         t0 = now()
         if progress is not None:
             progress[PROGRESS_BLOCKED_SINCE] = t0
-        outq0, outq_nsd0, sndbuf0, wq0, sk0 = _probe(sock)
+        before = _probe(sock)
         if sampler is not None:
             sampler.resume()
         try:
@@ -228,26 +266,7 @@ def send_loop(
                 sampler.pause()
             if progress is not None:
                 progress[PROGRESS_BLOCKED_SINCE] = 0
-        t1 = now()
-        outq1, outq_nsd1, sndbuf1, wq1, sk1 = _probe(sock)
-        blocking.append(
-            seq=seq,
-            t_start_ns=t0,
-            t_end_ns=t1,
-            accepted_first=n,
-            bytes_after_wait=size - n,
-            outq_start=outq0,
-            outq_nsd_start=outq_nsd0,
-            sndbuf_start=sndbuf0,
-            outq_end=outq1,
-            outq_nsd_end=outq_nsd1,
-            sndbuf_end=sndbuf1,
-            waits=waits,
-            wmem_queued_start=wq0,
-            sk_sndbuf_start=sk0,
-            wmem_queued_end=wq1,
-            sk_sndbuf_end=sk1,
-        )
+        log_wait(blocking, seq, t0, now(), n, size - n, waits, before, _probe(sock))
 
     try:
         log.t_start_ns = now()
