@@ -79,3 +79,19 @@ def test_a_blocking_send_must_give_exactly_the_formats_columns() -> None:
     with pytest.raises(RuntimeError, match="not the format's"):
         blocking.append(seq=1, t_start_ns=2)
     assert len(blocking) == 0
+
+
+def test_a_table_killed_before_its_first_row_is_left_as_its_header(tmp_path: Path) -> None:
+    """A side killed between creating a checkpointed table and writing to it (or inside
+    its header line) leaves an empty file: tidied, it is a table with no rows."""
+    from bufdemo import runformat
+    from bufdemo.experiment.run import _tidy_after_death
+
+    (tmp_path / runformat.RECEIVER_SAMPLES.file).write_bytes(b"")
+    (tmp_path / runformat.CONSUMED.file).write_bytes(b"seq,t_re")  # cut inside the header
+    _tidy_after_death(tmp_path)
+    for table in (runformat.RECEIVER_SAMPLES, runformat.CONSUMED):
+        frame = pd.read_csv(tmp_path / table.file)
+        assert list(frame.columns) == list(table.columns)
+        assert len(frame) == 0
+    assert not (tmp_path / runformat.SENDER_SAMPLES.file).exists()  # absent stays absent

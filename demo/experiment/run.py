@@ -278,7 +278,12 @@ def _tidy_after_death(run_dir: Path) -> None:
         runformat.SENDER_SAMPLES,
         runformat.TRANSPORT_SAMPLES,
     ):
-        trim_partial_line(run_dir / table.file)
+        path = run_dir / table.file
+        trim_partial_line(path)
+        # Killed between creating the file and its first write (or inside the header):
+        # no row reached it, and a table with no rows is its header line.
+        if path.is_file() and path.stat().st_size == 0:
+            path.write_text(",".join(table.columns) + "\n")
     for part in run_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             part.unlink()
