@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,82 +185,81 @@ HELD_BOUND = 3 * (round(SPOOL_EVERY / SAMPLE_INTERVAL) + 1)
 SAMPLES = 300  # > HELD_BOUND several times: an unspooled table would exceed the bound
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+@pytest.fixture
+def client() -> Iterator[socket.socket]:
+    """One end of a connected loopback TCP pair (the socket a sampler probes)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname()[:2])
+        end = socket.create_connection(server.getsockname()[:2])
         conn, _ = server.accept()
-    return client, conn
+    with end, conn:
+        yield end
 
 
-def test_the_sampler_spools_every_sample_and_holds_one_interval(tmp_path: Path) -> None:
-    client, conn = _tcp_pair()
-    taken = [0]  # count() is read once per sample
+class Count:
+    """A sampler's ``count``: read once per sample, so it counts the samples taken."""
+
+    def __init__(self, each: Callable[[], object] = lambda: None) -> None:
+        self.taken = 0
+        self._each = each
+
+    def __call__(self) -> int:
+        self._each()
+        self.taken += 1
+        return self.taken
+
+
+def test_the_sampler_spools_every_sample_and_holds_one_interval(
+    tmp_path: Path, client: socket.socket
+) -> None:
     held_max = [0]
     path = tmp_path / "samples.csv"
 
-    def count() -> int:
+    def held() -> None:
         held_max[0] = max(held_max[0], sampler.table.pending)
-        taken[0] += 1
-        return taken[0]
 
+    count = Count(held)
     sampler = Sampler(
         client, SAMPLE_INTERVAL, count, checkpoint_samples=path, checkpoint_interval=SPOOL_EVERY
     )
-    try:
-        sampler.start()
-        wait_until(lambda: taken[0] >= SAMPLES, 60.0, f"{SAMPLES} samples")
-        sampler.stop()
-        sampler.write(path)
-    finally:
-        client.close()
-        conn.close()
+    sampler.start()
+    wait_until(lambda: count.taken >= SAMPLES, 60.0, f"{SAMPLES} samples")
+    sampler.stop()
+    sampler.write(path)
     assert sampler.checkpoint_error is None
     frame = pd.read_csv(path)
     assert list(frame.columns) == list(SAMPLE_COLUMNS)
-    assert len(frame) == taken[0] == sampler.rows  # every sample is a row
-    assert frame["count"].tolist() == list(range(1, taken[0] + 1))  # in order, none twice
+    assert len(frame) == count.taken == sampler.rows  # every sample is a row
+    assert frame["count"].tolist() == list(range(1, count.taken + 1))  # in order, none twice
     assert np.all(np.diff(frame["t_ns"].to_numpy()) > 0)
     assert sampler.table.spooled > 0
-    assert held_max[0] <= HELD_BOUND < taken[0]
+    assert held_max[0] <= HELD_BOUND < count.taken
 
 
-def test_a_failed_spool_keeps_every_row_for_the_final_write(tmp_path: Path) -> None:
-    client, conn = _tcp_pair()
-    taken = [0]
+def test_a_failed_spool_keeps_every_row_for_the_final_write(
+    tmp_path: Path, client: socket.socket
+) -> None:
     path = tmp_path / "gone" / "samples.csv"  # its directory does not exist yet
-
-    def count() -> int:
-        taken[0] += 1
-        return taken[0]
-
+    count = Count()
     sampler = Sampler(
         client, SAMPLE_INTERVAL, count, checkpoint_samples=path, checkpoint_interval=SPOOL_EVERY
     )
-    try:
-        sampler.start()
-        wait_until(lambda: sampler.checkpoint_error is not None, 60.0, "a failed spool")
-        wait_until(lambda: taken[0] >= 50, 60.0, "50 samples")
-        sampler.stop()
-    finally:
-        client.close()
-        conn.close()
+    sampler.start()
+    wait_until(lambda: sampler.checkpoint_error is not None, 60.0, "a failed spool")
+    wait_until(lambda: count.taken >= 50, 60.0, "50 samples")
+    sampler.stop()
     assert isinstance(sampler.checkpoint_error, FileNotFoundError)
-    assert sampler.table.pending == taken[0]  # given up: everything stays in memory
+    assert sampler.table.pending == count.taken  # given up: everything stays in memory
     path.parent.mkdir()
     sampler.write(path)
-    assert pd.read_csv(path)["count"].tolist() == list(range(1, taken[0] + 1))
+    assert pd.read_csv(path)["count"].tolist() == list(range(1, count.taken + 1))
 
 
-def test_the_transport_sampler_spools_and_keeps_running_peaks(tmp_path: Path) -> None:
-    client, conn = _tcp_pair()
-    taken = [0]
+def test_the_transport_sampler_spools_and_keeps_running_peaks(
+    tmp_path: Path, client: socket.socket
+) -> None:
     rss_values = iter([5, None, 9, 7] + [3] * 100_000)
     path = tmp_path / "transport.csv"
-
-    def count() -> int:
-        taken[0] += 1
-        return taken[0]
-
+    count = Count()
     sampler = TransportSampler(
         client,
         SAMPLE_INTERVAL,
@@ -270,17 +269,13 @@ def test_the_transport_sampler_spools_and_keeps_running_peaks(tmp_path: Path) ->
         path=path,
         checkpoint_interval=SPOOL_EVERY,
     )
-    try:
-        sampler.start()
-        wait_until(lambda: taken[0] >= SAMPLES, 60.0, f"{SAMPLES} samples")
-        sampler.stop()
-        sampler.write(path)
-    finally:
-        client.close()
-        conn.close()
+    sampler.start()
+    wait_until(lambda: count.taken >= SAMPLES, 60.0, f"{SAMPLES} samples")
+    sampler.stop()
+    sampler.write(path)
     frame = pd.read_csv(path)
     assert list(frame.columns) == list(runformat.TRANSPORT_SAMPLES.columns)
-    assert frame["count"].tolist() == list(range(1, taken[0] + 1))
+    assert frame["count"].tolist() == list(range(1, count.taken + 1))
     assert frame["rss"].isna().sum() == 1  # a failed read is an empty cell, not a value
     assert sampler.peak("rss") == 9 == frame["rss"].max()  # the peak was spooled long ago
     assert sampler.peak("buffered") == 0
