@@ -95,3 +95,11 @@ def test_a_table_killed_before_its_first_row_is_left_as_its_header(tmp_path: Pat
         assert list(frame.columns) == list(table.columns)
         assert len(frame) == 0
     assert not (tmp_path / runformat.SENDER_SAMPLES.file).exists()  # absent stays absent
+
+
+def test_a_sampler_on_schedule_skips_what_it_missed_instead_of_bursting() -> None:
+    from bufdemo.experiment.recorder import next_sample_ns
+
+    assert next_sample_ns(1_000, 100, now_ns=1_050) == 1_100  # on time: one interval on
+    assert next_sample_ns(1_000, 100, now_ns=1_100) == 1_100
+    assert next_sample_ns(1_000, 100, now_ns=1_450) == 1_550  # behind: from now, no burst

@@ -64,6 +64,7 @@ from bufdemo.experiment.recorder import (
     Sampler,
     SendLog,
     SpoolTable,
+    next_sample_ns,
 )
 from bufdemo.experiment.sender import (
     SenderResult,
@@ -200,10 +201,7 @@ class TransportSampler(threading.Thread):
                 if self._spooling and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
-                next_t += interval_ns
-                now = time.perf_counter_ns()
-                if next_t < now:  # fell behind (machine busy): skip, don't burst
-                    next_t = now + interval_ns
+                next_t = next_sample_ns(next_t, interval_ns, time.perf_counter_ns())
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -59,6 +59,7 @@ __all__ = [
     "SendLog",
     "SpoolTable",
     "TableCheckpoint",
+    "next_sample_ns",
     "trim_partial_line",
     "write_table",
 ]
@@ -96,6 +97,13 @@ _BLOCKED_ACCEPTED = BLOCKING_COLUMNS.index("accepted_first")
 _MEMINFO_COLUMNS = SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("wmem_queued") :][:8]
 # The array typecode that holds each integer dtype of the format.
 _TYPECODES = {"int8": "b", "int32": "i", "int64": "q"}
+
+
+def next_sample_ns(due_ns: int, interval_ns: int, now_ns: int) -> int:
+    """When a sampler on a schedule samples next: one interval after the sample that was
+    due, or, if it fell behind (a busy machine), one interval from now: skip, don't burst."""
+    due_ns += interval_ns
+    return due_ns if due_ns >= now_ns else now_ns + interval_ns
 
 
 def _zeros(typecode: str, n: int) -> array[int]:
@@ -532,10 +540,8 @@ class Sampler(threading.Thread):
                 if checkpoints and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
-                next_t += self._interval_ns
                 now = time.perf_counter_ns()
-                if next_t < now:  # fell behind (machine busy): skip, don't burst
-                    next_t = now + self._interval_ns
+                next_t = next_sample_ns(next_t, self._interval_ns, now)
                 self._stop_event.wait((next_t - now) / 1e9)
         except OSError as exc:  # the socket went away under us: keep what we have
             self.error = exc
