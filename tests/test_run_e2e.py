@@ -265,3 +265,32 @@ def test_the_sender_is_sampled_while_blocked_and_rows_stay_in_time_order(
     # The count a sample reports never runs ahead of what was recorded as sent.
     assert samples["count"].is_monotonic_increasing
     assert samples["count"].iloc[-1] == 3000
+
+
+def test_before_sender_runs_once_the_receiver_listens_and_before_the_sender_connects(
+    tmp_path: Path,
+) -> None:
+    """bufdemo run loads its analysis there: nothing of it may overlap the measured run."""
+    import time
+
+    import psutil
+
+    called: list[int] = []
+    listening: list[bool] = []
+
+    def hook() -> None:
+        called.append(time.perf_counter_ns())
+        sides = [  # the spawned sides (not multiprocessing's resource tracker)
+            ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())
+        ]
+        assert len(sides) == 1  # the receiver only: the sender does not exist yet
+        listening.append(any(c.status == psutil.CONN_LISTEN for c in sides[0].net_connections()))
+
+    result = run_experiment(
+        RunConfig(messages=200, recv_delay=0.0, out=tmp_path, plot=False), before_sender=hook
+    )
+    assert result.complete
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert called
+    assert called[0] < meta["sender"]["t_connected_ns"]
+    assert listening == [True]
