@@ -272,7 +272,14 @@ def test_every_blocking_send_follows_the_kernels_rule(tmp_path: Path) -> None:
     assert b["wmem_queued_start"].notna().all()
     assert (b["wmem_queued_start"] >= b["sk_sndbuf_start"]).all()
     free = b["sk_sndbuf_end"] - b["wmem_queued_end"]
-    assert (free >= b["wmem_queued_end"] / 2).all()
+    at_the_line = free >= b["wmem_queued_end"] / 2
+    # The kernel's other way out of the wait: autotuning grew SO_SNDBUF during it (the
+    # first stall, while it grows from 3,939,840 to 4,194,304 here), so the queue fits
+    # under the larger buffer without draining to the line. Seen once in ~10 CI runs.
+    grown = b["sk_sndbuf_end"] > b["sk_sndbuf_start"]
+    grown &= b["wmem_queued_end"] < b["sk_sndbuf_end"]
+    assert (at_the_line | grown).all()
+    assert at_the_line.any()  # once the buffer stops growing, every wake is at the line
     s = pd.read_csv(result.run_dir / runformat.SENDER_SAMPLES.file)
     assert s["wmem_queued"].max() >= s["sk_sndbuf"].min()  # the samples see the limit reached
 
