@@ -247,8 +247,14 @@ def test_a_paced_run_records_timestamps_to_the_last_byte_and_the_granted_lowat(
 def test_a_paced_sender_keeps_its_pace(paced_run: Path) -> None:
     sends = pd.read_csv(paced_run / "sends.csv")
     t = sends["t_ns"].to_numpy()
-    # Slots of 1/3000 s: message i goes no earlier than its slot (no burst ahead).
-    assert np.all(t - t[0] >= np.arange(len(t)) * (1e9 / 3000) - 1e6)
+    # Slots of 1/3000 s from the loop's start (t_start = t_0 - duration_0): message i is
+    # handed over no earlier than its slot, so its stamp (taken after the write) is not
+    # before it. Measured from t_0 instead, a late first write (preempted, ~1 ms on a busy
+    # machine) makes the catch-up that the pacer allows look like a burst.
+    origin = t[0] - sends["duration_ns"].iloc[0]
+    slots = origin + np.arange(len(t)) * round(1e9 / 3000)
+    assert np.all(t >= slots)
+    assert sends["blocked"].sum() == 0  # paced far below the reader: the pace alone set t
 
 
 def test_report_writes_latency_csv_and_the_summary_has_its_parts(paced_run: Path) -> None:
