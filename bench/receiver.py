@@ -9,6 +9,10 @@ before the clock starts), then the reader consumes them, in one process:
 - bulk: bufdemo's receive loop at --recv-delay 0 (as many frames per ``recv_into`` as
   the kernel holds, checked as a block).
 
+Then the block check alone, per frame, on 256 frames already in memory: the whole-block
+comparison with the frames expected next (what a bufdemo sender's stream takes) against
+the field-by-field numpy checks (what any other stream takes).
+
 Alternated for --rounds rounds; medians compared. Nothing else runs, so this is the
 receiver's ceiling; a loaded machine inflates all three alike. Under valgrind
 (``valgrind --tool=callgrind python -m bench.receiver --rounds 1``) the instruction
@@ -26,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from bench.common import median
+from bufdemo.experiment.framecheck import EXPECTED_MISSES, FrameChecker
 from bufdemo.experiment.receiver import ReceiverResult, receive_loop
 from bufdemo.experiment.recorder import ConsumedLog
 from bufdemo.experiment.wire import FrameBlock, Hello
@@ -77,6 +82,24 @@ def bufdemo(size: int, delay: float) -> float:
     return (t1 - t0) / n / 1e3
 
 
+def block_check(size: int, whole: bool, frames: int = 256, reps: int = 200) -> float:
+    """us per frame to check blocks of ``frames`` clean frames, compared whole or not."""
+    block = FrameBlock(size, frames * (reps + 1))
+    block.fill(0)
+    checker = FrameChecker(size)
+    if not whole:
+        checker._expect_misses = EXPECTED_MISSES  # as after a stream of other payloads
+    chunks = [
+        bytearray(block.buf[k * frames * size : (k + 1) * frames * size]) for k in range(reps + 1)
+    ]
+    checker.check_block(chunks[0], frames)  # learns the reference payload
+    t0 = time.perf_counter_ns()
+    for chunk in chunks[1:]:
+        if not checker.check_block(chunk, frames).intact.all():
+            raise SystemExit("block check: a clean frame was not intact")
+    return (time.perf_counter_ns() - t0) / (reps * frames) / 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -95,6 +118,13 @@ def main() -> None:
         b = median(costs["bare"])
         parts = [f"{name} {median(c):.2f} us ({median(c) / b:.2f}x)" for name, c in costs.items()]
         print(f"  {size:>5} B  " + "  ".join(parts))
+    print("block check per frame, 256-frame blocks in memory: compared whole / field by field")
+    for size in (64, 1024):
+        whole = median([block_check(size, True) for _ in range(args.rounds)])
+        fields = median([block_check(size, False) for _ in range(args.rounds)])
+        print(
+            f"  {size:>5} B  whole {whole:.3f} us  fields {fields:.3f} us ({fields / whole:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -478,7 +478,7 @@ def _bulk_loop(
                 seq, ok, in_order = checked
                 _record(log, result, seq, t_read, start, now(), ok, in_order)
         else:
-            block = checker.check_block(view, frames)
+            block = checker.check_block(buf, frames)  # a bytearray: one memcmp
             _record_block(log, result, block, t_read, start, now())
             if block.anomaly:
                 return buf[block.frames * size : filled]

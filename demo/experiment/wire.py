@@ -166,13 +166,19 @@ class FrameBlock:
     the bytes on ``send``, so refilling the block for the next 256 messages is safe.
     """
 
-    def __init__(self, size: int, count: int = 256, fill: bytes = b"bufdemo ") -> None:
+    def __init__(
+        self, size: int, count: int = 256, fill: bytes = b"bufdemo ", payload: bytes | None = None
+    ) -> None:
+        """``payload`` (exactly ``size - HEADER_SIZE`` bytes) if given, else ``fill`` repeated."""
         import numpy as np
 
         if size < HEADER_SIZE:
             raise ValueError(f"frame size {size} is smaller than the {HEADER_SIZE}-byte header")
         plen = size - HEADER_SIZE
-        payload = (fill * (plen // len(fill) + 1))[:plen]
+        if payload is None:
+            payload = (fill * (plen // len(fill) + 1))[:plen]
+        elif len(payload) != plen:
+            raise ValueError(f"a {size}-byte frame has a {plen}-byte payload, not {len(payload)}")
         self.size = size
         self.count = count
         self.buf = bytearray(encode_frame(KIND_DATA, 0, payload) * count)
