@@ -10,7 +10,10 @@ overshoots by ~8% here; bufdemo schedules against absolute deadlines and spins t
 With ``--default-run`` it also times the receiver of the default 100,000-message run
 (about 100 s): it should finish within 1% of 100 s.
 
-    python -m bench.pacing [--default-run]
+With ``--delays`` only those delays are run, each ``--repeat`` times (a delay near the
+receiver's own cost varies from run to run on a shared machine: one run is one sample).
+
+    python -m bench.pacing [--default-run] [--delays 5e-6 ...] [--repeat N]
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ def sleep_overshoot(delay: float, n: int = 200) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--default-run", action="store_true", help="also the 100 s default run")
+    parser.add_argument("--delays", type=float, nargs="+", default=list(DELAYS), metavar="S")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per delay")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-pacing-"))
     print("pacing fidelity: achieved mean service time / --recv-delay (backlogged receiver)")
-    for delay, goal in DELAYS.items():
+    for delay in (d for d in args.delays for _ in range(args.repeat)):
+        goal = DELAYS.get(delay, 0.03)
         messages = int(SECONDS_PER_DELAY / delay)
         result = run_experiment(RunConfig(messages=messages, recv_delay=delay, out=out, plot=False))
         service = analysis.service_times(analysis.load_run(result.run_dir).consumed)
