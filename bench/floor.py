@@ -7,6 +7,12 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
 - ``write``: ``os.write(fd, msg)`` per message (the call bufdemo's loop makes);
 - ``floor``: ``os.write``, a check of the count, ``stamps.append(perf_counter_ns())``:
   the least a loop that records every send must do;
+- ``write+ts``: ``write`` on a socket with ``--timestamps``' SO_TIMESTAMPING flags, the
+  reports left in the error queue (what the kernel's timestamping costs the sender);
+- ``write+ts+thread``: the same with a reader thread draining them in this process
+  (``txstamps.TxStampReader``, what ``--timestamps`` used to do);
+- ``write+ts+process``: the same with the reader process ``bufdemo send --timestamps``
+  starts (``txstamps.TxStampProcess``; with ``--pin`` it shares CPU 0 with the sender);
 - ``loop-B``: bufdemo's ``send_loop`` without sampling, frames framed B at a time (the
   default is ``frames_per_block``: 1,024 at 64 B and 1 KiB);
 - ``run_sender``: the whole sender of ``bufdemo send`` (connection set-up, sampler,
@@ -37,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import drain_receiver, median
+from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import BlockingLog, SendLog
 from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
@@ -90,6 +97,27 @@ def floor(addr: tuple[str, int], n: int, size: int) -> float:
     return _timed(addr, n, body)
 
 
+def stamped(reader_kind: type[txstamps.TxStampReader] | None) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        msg = b"x" * size
+        with socket.create_connection(addr) as sock:
+            if (why := txstamps.enable(sock)) is not None:
+                raise SystemExit(why)
+            reader = (reader_kind or txstamps.TxStampReader)(sock, 0)
+            if reader_kind is not None:
+                reader.start()
+            fd, w = sock.fileno(), os.write
+            t0 = time.perf_counter()
+            for _ in range(n):
+                w(fd, msg)
+            rate = n / (time.perf_counter() - t0)
+            if reader_kind is not None:
+                reader.stop()
+            return rate
+
+    return variant
+
+
 def loop(block: int) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         cfg = RunConfig(messages=n, size=size)
@@ -125,6 +153,11 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-floor-"))
     variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
+    variants |= {
+        "write+ts": stamped(None),
+        "write+ts+thread": stamped(txstamps.TxStampReader),
+        "write+ts+process": stamped(txstamps.TxStampProcess),
+    }
     variants |= {f"loop-{b}": loop(b) for b in args.blocks}
     variants["run_sender"] = whole_sender(out)
     if args.only:

@@ -23,7 +23,8 @@ would hold each one until the previous one is ACKed, which an idle receiver dela
 up to 40 ms (delayed ACK). An unpaced sender fills whole segments; Nagle is moot there.
 ``--notsent-lowat`` sets TCP_NOTSENT_LOWAT on the socket; both modes wait on it (the
 kernel's ``tcp_stream_memory_free``). Transmit timestamps (SO_TIMESTAMPING) are asked
-for right after connect() and read by a thread (:mod:`bufdemo.experiment.txstamps`).
+for right after connect() and read by a process of their own
+(:mod:`bufdemo.experiment.txstamps`).
 
 When the last message has been handed to the kernel the sender shuts down its writing
 side (FIN after the data) and waits until the receiver has consumed everything and
@@ -460,7 +461,7 @@ def run_sender(
         if cfg.timestamps
         else "not asked for (--timestamps; off by default: a timestamp wakes a blocked send())"
     )
-    stamp_reader: txstamps.TxStampReader | None = None
+    stamp_reader: txstamps.TxStampProcess | None = None
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()
     sent = array("q", [0])
@@ -479,7 +480,7 @@ def run_sender(
         hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
         early: EarlyClockAnswers | None = None
         if stamp_reason is None:
-            stamp_reader = txstamps.TxStampReader(sock, base=len(hello))
+            stamp_reader = txstamps.TxStampProcess(sock, base=len(hello))
             stamp_reader.start()
         try:
             sock.sendall(hello)

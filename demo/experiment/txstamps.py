@@ -21,19 +21,34 @@ One report per skb, not per send: a send appended to an skb that already carries
 request moves the request on. So "message ``seq`` was sent at T" means "the first report
 of that kind whose offset reaches the message's last byte": TCP sends and ACKs in order.
 
-**Read as it goes.** The error queue is charged to the socket's receive buffer; reports
-that do not fit are dropped. A thread polls the descriptor for POLLERR and drains it
-with ``recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)``, then sleeps :data:`BATCH_SLEEP` so that
-it wakes the GIL a thousand times a second at most, not once per report: the send loop
-never waits for it.
+**Read as it goes, in a process of its own.** The error queue is charged to the
+socket's receive buffer; reports that do not fit are dropped. A reader polls the
+descriptor for POLLERR and drains it with ``recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)``, then
+sleeps :data:`BATCH_SLEEP`, so that it wakes a thousand times a second at most.
+
+:class:`TxStampProcess` does that in a child process (``python -m
+bufdemo.experiment.txstamps FD``) that shares the socket's descriptor, and hands the
+rows back when asked to stop. A reader *thread* in the sender's process
+(:class:`TxStampReader`) costs the send loop far more than the reports cost the kernel:
+every ``recvmsg`` releases and retakes the GIL, once per report, and each time the
+busy send loop has to hand it over. ``python -m bench.floor --pin``: ``os.write`` at
+1.075 / 1.085 of bare (64 B / 1 KiB), with the flags set and the reports left queued
+0.954 / 1.021, with the thread draining them 0.533 / 0.567. The child starts before
+the data (it says when it is ready: ~0.1 s), stops with its parent
+(``PR_SET_PDEATHSIG``), and is stopped before the socket is closed (it holds the
+descriptor too). If it cannot start, the thread reads the reports instead and
+``reader`` in the record says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from array import array
@@ -42,7 +57,7 @@ from typing import Any
 
 from bufdemo import runformat
 
-__all__ = ["KINDS", "TxStampReader", "disabled_record", "enable"]
+__all__ = ["KINDS", "TxStampProcess", "TxStampReader", "disabled_record", "enable"]
 
 SO_TIMESTAMPING = 37  # SOL_SOCKET; not in Python's socket module
 SCM_TIMESTAMPING = SO_TIMESTAMPING
@@ -64,6 +79,10 @@ ANC_SIZE = 512
 # below what the default receive buffer's error queue holds (hundreds).
 BATCH_SLEEP = 0.001
 POLL_MS = 50  # how often the thread checks whether it was asked to stop
+# The reader process: how long it may take to start (an interpreter and two modules),
+# and to hand its rows back once asked to stop (a final drain and one write).
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
 
 
 def enable(sock: socket.socket) -> str | None:
@@ -100,6 +119,8 @@ class TxStampReader:
         self.drift_ns: int | None = None
         self.errors = 0
         self._last = {k: -1 for k in KINDS}  # unwrapped raw offset per kind
+        self.reader = "thread"  # where the reports are read: "thread" or "process"
+        self.reader_error: str | None = None  # why the reader process was not used/failed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bufdemo-txstamps", daemon=True)
 
@@ -182,6 +203,8 @@ class TxStampReader:
             "realtime_minus_monotonic_ns": self.offset_ns,
             "clock_drift_ns": self.drift_ns,
             "read_errors": self.errors,
+            "reader": self.reader,
+            "reader_error": self.reader_error,
         }
 
     def write(self, path: Path) -> None:
@@ -197,6 +220,126 @@ class TxStampReader:
         os.replace(tmp, path)
 
 
+class TxStampProcess(TxStampReader):
+    """A :class:`TxStampReader` whose reading is done by a child process.
+
+    :meth:`start` returns once the child is ready (or has fallen back to the thread);
+    :meth:`stop` (call it before closing the socket) collects the child's rows. Either
+    way the rows, :meth:`record` and :meth:`write` are a TxStampReader's.
+    """
+
+    def __init__(self, sock: socket.socket, base: int) -> None:
+        super().__init__(sock, base)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        fd = self.sock.fileno()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(fd), str(os.getpid())],
+                pass_fds=(fd,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            self._fall_back(f"could not start the reader process: {exc.strerror or exc}")
+            return
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        line = proc.stdout.readline() if ready else b""
+        if line != b"ready\n":
+            proc.kill()
+            _, err = proc.communicate()
+            self._fall_back(f"the reader process did not start: {_last_line(err)}")
+            return
+        self._proc = proc
+        self.reader = "process"
+
+    def _fall_back(self, why: str) -> None:
+        self.reader_error = why + "; read by a thread instead"
+        super().start()
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            super().stop()
+            return
+        self._proc = None
+        try:
+            out, err = proc.communicate(input=b"", timeout=STOP_TIMEOUT)  # EOF: stop
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        try:
+            self._take(out)
+        except (ValueError, KeyError) as exc:
+            self.errors += 1
+            self.reader_error = (
+                f"the reader process exited with {proc.returncode} and its reports are lost: "
+                f"{_last_line(err) or exc}"
+            )
+
+    def _take(self, out: bytes) -> None:
+        """The child's rows: a JSON line, then its kind, offset and t_ns columns."""
+        head, _, body = out.partition(b"\n")
+        meta = json.loads(head)
+        n = int(meta["rows"])
+        sizes = (n, 8 * n, 8 * n)
+        if len(body) != sum(sizes):
+            raise ValueError(f"{len(body)} bytes of rows for {n} reports")
+        self.kind.frombytes(body[:n])
+        self.offset.frombytes(body[n : 9 * n])
+        self.t_ns.frombytes(body[9 * n :])
+        self.offset_ns = int(meta["offset_ns"])
+        self.drift_ns = meta["drift_ns"]
+        self.errors += int(meta["errors"])
+
+
+def _last_line(err: bytes) -> str:
+    lines = err.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
+def _child(fd: int, parent: int) -> None:
+    """The reader process: drain ``fd``'s error queue until stdin closes, then hand back."""
+    from bufdemo.signals import stop_when_orphaned
+
+    stop_when_orphaned(parent)
+    sock = socket.socket(fileno=fd)
+    reader = TxStampReader(sock, 0)
+    poller = select.poll()
+    poller.register(fd, select.POLLERR)
+    poller.register(sys.stdin.fileno(), select.POLLIN)
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    stdin = sys.stdin.fileno()
+    try:
+        while not any(f == stdin for f, _ in poller.poll()):
+            reader.drain()
+            time.sleep(BATCH_SLEEP)
+        reader.drain()
+    except OSError:
+        reader.errors += 1
+    reader.drift_ns = _clock_offset_ns() - reader.offset_ns
+    meta = {
+        "rows": len(reader.kind),
+        "offset_ns": reader.offset_ns,
+        "drift_ns": reader.drift_ns,
+        "errors": reader.errors,
+    }
+    out.write(json.dumps(meta).encode() + b"\n")
+    for column in (reader.kind, reader.offset, reader.t_ns):
+        out.write(column.tobytes())
+    out.flush()
+    sock.detach()  # the parent's socket: closing it is the parent's business
+
+
 def disabled_record(reason: str) -> dict[str, Any]:
     """The ``timestamping`` record of a run without transmit timestamps."""
     return {"enabled": False, "reason": reason, "notifications": None}
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,141 @@
+"""Transmit timestamps read by a process of their own, over a real TCP connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import pytest
+
+from bufdemo.experiment import txstamps
+
+SIZE = 1024
+MESSAGES = 2_000
+TIMEOUT = 30.0
+
+
+@contextmanager
+def stamped_pair() -> Iterator[socket.socket]:
+    """A connected sender socket with SO_TIMESTAMPING on; a thread reads everything."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sender = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    why = txstamps.enable(sender)
+    if why is not None:
+        sender.close()
+        peer.close()
+        pytest.skip(f"no transmit timestamps here: {why}")
+
+    def read_all() -> None:
+        while peer.recv(1 << 20):
+            pass
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        yield sender
+    finally:
+        sender.close()
+        reader.join(TIMEOUT)
+        peer.close()
+
+
+def send_and_wait_for_acks(sock: socket.socket) -> None:
+    sock.sendall(b"m" * SIZE * MESSAGES)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and socket_outq(sock):  # every byte ACKed
+        time.sleep(0.01)
+
+
+def socket_outq(sock: socket.socket) -> int:
+    from bufdemo import probes
+
+    return probes.queue_out(sock) or 0
+
+
+def test_the_reader_process_hands_back_every_kind_up_to_the_last_byte() -> None:
+    with stamped_pair() as sock:
+        reader = txstamps.TxStampProcess(sock, base=0)
+        reader.start()
+        child = reader._proc
+        assert child is not None
+        send_and_wait_for_acks(sock)
+        reader.stop()
+        assert child.returncode == 0
+    record = reader.record()
+    assert (record["reader"], record["reader_error"], record["read_errors"]) == ("process", None, 0)
+    assert record["last_acked_offset"] == SIZE * MESSAGES - 1
+    assert all(record["notifications"][kind] > 0 for kind in ("SND", "SCHED", "ACK"))
+    assert len(reader.kind) == len(reader.offset) == len(reader.t_ns)
+    assert min(reader.t_ns) > 0  # on the monotonic clock, as every other *_ns column
+    assert sock.fileno() == -1  # the child never closed the socket for us: we did
+
+
+def test_without_the_process_the_thread_reads_and_the_record_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a child that never gets ready
+    with stamped_pair() as sock:
+        reader = txstamps.TxStampProcess(sock, base=0)
+        reader.start()
+        send_and_wait_for_acks(sock)
+        reader.stop()
+    record = reader.record()
+    assert record["reader"] == "thread"
+    assert "the reader process did not start" in record["reader_error"]
+    assert "\n" not in record["reader_error"]
+    assert record["last_acked_offset"] == SIZE * MESSAGES - 1
+
+
+def test_a_reader_process_that_dies_loses_its_reports_and_says_so() -> None:
+    with stamped_pair() as sock:
+        reader = txstamps.TxStampProcess(sock, base=0)
+        reader.start()
+        assert reader._proc is not None
+        send_and_wait_for_acks(sock)
+        reader._proc.kill()
+        reader.stop()
+    record = reader.record()
+    assert record["read_errors"] == 1
+    assert record["reader_error"].startswith("the reader process exited with -9")
+    assert record["notifications"] == {"SND": 0, "SCHED": 0, "ACK": 0}
+
+
+SENDER = """
+import socket, sys, time
+from bufdemo.experiment import txstamps
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+txstamps.enable(sock)
+reader = txstamps.TxStampProcess(sock, base=0)
+reader.start()
+print(reader._proc.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigkilled_sender_leaves_no_reader_process() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sender = subprocess.Popen(
+            [sys.executable, "-c", SENDER, str(listener.getsockname()[1])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        peer, _ = listener.accept()
+        with sender, peer:
+            assert sender.stdout is not None
+            child = psutil.Process(int(sender.stdout.readline()))
+            assert child.is_running()
+            os.kill(sender.pid, signal.SIGKILL)
+            sender.wait(TIMEOUT)
+            gone, _ = psutil.wait_procs([child], timeout=TIMEOUT)
+            assert gone, "the reader process outlived its sender"
+            peer.settimeout(TIMEOUT)
+            assert peer.recv(1) == b""  # and with both gone, the connection closed
