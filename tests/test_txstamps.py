@@ -139,3 +139,21 @@ def test_a_sigkilled_sender_leaves_no_reader_process() -> None:
             assert gone, "the reader process outlived its sender"
             peer.settimeout(TIMEOUT)
             assert peer.recv(1) == b""  # and with both gone, the connection closed
+
+
+def test_a_ctrl_c_to_the_process_group_leaves_the_reader_to_its_sender() -> None:
+    """SIGINT and SIGTERM reach every process of the group; the sender handles them and
+    then stops the reader, which must still have its rows to hand back."""
+    with stamped_pair() as sock:
+        reader = txstamps.TxStampProcess(sock, base=0)
+        reader.start()
+        assert reader._proc is not None
+        send_and_wait_for_acks(sock)
+        reader._proc.send_signal(signal.SIGINT)
+        reader._proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # a reader that did not ignore them would be gone by now
+        assert reader._proc.poll() is None
+        reader.stop()
+    record = reader.record()
+    assert (record["reader"], record["reader_error"]) == ("process", None)
+    assert record["last_acked_offset"] == SIZE * MESSAGES - 1

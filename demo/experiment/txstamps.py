@@ -34,10 +34,10 @@ every ``recvmsg`` releases and retakes the GIL, once per report, and each time t
 busy send loop has to hand it over. ``python -m bench.floor --pin``: ``os.write`` at
 1.075 / 1.085 of bare (64 B / 1 KiB), with the flags set and the reports left queued
 0.954 / 1.021, with the thread draining them 0.533 / 0.567. The child starts before
-the data (it says when it is ready: ~0.1 s), stops with its parent
-(``PR_SET_PDEATHSIG``), and is stopped before the socket is closed (it holds the
-descriptor too). If it cannot start, the thread reads the reports instead and
-``reader`` in the record says so.
+the data (it says when it is ready: ~0.1 s), stops when its stdin closes (on
+:meth:`~TxStampProcess.stop`, or with the sender however it ends), and is stopped
+before the socket is closed (it holds the descriptor too). If it cannot start, the
+thread reads the reports instead and ``reader`` in the record says so.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -236,7 +237,7 @@ class TxStampProcess(TxStampReader):
         fd = self.sock.fileno()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(fd), str(os.getpid())],
+                [sys.executable, "-m", __name__, str(fd)],
                 pass_fds=(fd,),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -301,11 +302,16 @@ def _last_line(err: bytes) -> str:
     return lines[-1] if lines else "no message"
 
 
-def _child(fd: int, parent: int) -> None:
-    """The reader process: drain ``fd``'s error queue until stdin closes, then hand back."""
-    from bufdemo.signals import stop_when_orphaned
+def _child(fd: int) -> None:
+    """The reader process: drain ``fd``'s error queue until stdin closes, then hand back.
 
-    stop_when_orphaned(parent)
+    Its stdin is a pipe from the sender, closed by :meth:`TxStampProcess.stop` or by
+    the sender's death, however it dies. That is its only way to stop: a Ctrl-C (sent to
+    the whole process group) or a SIGTERM is the sender's to handle, and the sender then
+    collects the rows recorded so far, as it keeps its own tables.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     reader = TxStampReader(sock, 0)
     poller = select.poll()
@@ -329,11 +335,14 @@ def _child(fd: int, parent: int) -> None:
         "drift_ns": reader.drift_ns,
         "errors": reader.errors,
     }
-    out.write(json.dumps(meta).encode() + b"\n")
-    for column in (reader.kind, reader.offset, reader.t_ns):
-        out.write(column.tobytes())
-    out.flush()
     sock.detach()  # the parent's socket: closing it is the parent's business
+    try:
+        out.write(json.dumps(meta).encode() + b"\n")
+        for column in (reader.kind, reader.offset, reader.t_ns):
+            out.write(column.tobytes())
+        out.flush()
+    except BrokenPipeError:  # the sender died: nobody to hand the rows to
+        os._exit(0)
 
 
 def disabled_record(reason: str) -> dict[str, Any]:
@@ -342,4 +351,4 @@ def disabled_record(reason: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    _child(int(sys.argv[1]), int(sys.argv[2]))
+    _child(int(sys.argv[1]))
