@@ -20,8 +20,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from bufdemo.errors import BufdemoError, ConfigError, PeerError, ProtocolError, RunDirError
-from bufdemo.experiment.config import Mode, RunConfig
-from bufdemo.experiment.run import Progress, RunResult, create_run_dir, run_experiment
 from bufdemo.net import Address, parse_address
 from bufdemo.runformat import FORMAT_VERSION
 
@@ -46,11 +44,29 @@ __all__ = [
 
 if TYPE_CHECKING:
     from bufdemo import analysis
+    from bufdemo.experiment.config import Mode, RunConfig
+    from bufdemo.experiment.run import Progress, RunResult, create_run_dir, run_experiment
 
     __version__: str
 
+# The experiment's API, imported on first use: every process bufdemo starts imports this
+# package first (``python -m bufdemo.<module>``, multiprocessing's spawned sides), and
+# the orchestration behind run_experiment is most of the package's import time.
+_LAZY = {
+    "Mode": "bufdemo.experiment.config",
+    "RunConfig": "bufdemo.experiment.config",
+    "Progress": "bufdemo.experiment.run",
+    "RunResult": "bufdemo.experiment.run",
+    "create_run_dir": "bufdemo.experiment.run",
+    "run_experiment": "bufdemo.experiment.run",
+}
+
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     # ``bufdemo.analysis`` loads pandas and matplotlib: only when asked for, so that the
     # sender and receiver processes (which import bufdemo) start without them.
     if name == "analysis":

@@ -38,6 +38,23 @@ def test_the_api_reads_as_documented() -> None:
     assert analysis.load_run is importlib.import_module("bufdemo.analysis.load").load_run
 
 
+def test_importing_the_package_leaves_the_heavy_parts_for_later() -> None:
+    """Every process bufdemo starts imports the package first: the orchestration, the
+    analysis stack and the experiment's configuration load only when used."""
+    code = (
+        "import sys, bufdemo.experiment.txstamps; "
+        "print(*sorted(m for m in sys.modules if m.startswith(('bufdemo', 'pandas', 'numpy'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "bufdemo.experiment.txstamps" in loaded
+    for heavy in ("bufdemo.experiment.run", "bufdemo.experiment.config", "bufdemo.analysis"):
+        assert heavy not in loaded
+    assert "pandas" not in loaded
+    assert "numpy" not in loaded
+
+
 def test_format_version_is_defined_once() -> None:
     import bufdemo
     from bufdemo import analysis, runformat
