@@ -119,6 +119,17 @@ def test_the_32_bit_offset_is_unwrapped_per_kind() -> None:
     assert reader.counts() == {"SND": 4, "SCHED": 0, "ACK": 1}
 
 
+def test_the_last_acked_offset_counts_message_bytes_not_the_clock_frames_after_them() -> None:
+    with socket.socket() as sock:
+        reader = TxStampReader(sock, base=10)
+    reader._append(2, 10 + 4095, reader.offset_ns)  # the data's last byte
+    assert reader.record()["last_acked_offset"] == 4095
+    reader._append(2, 10 + 4096 + 47, reader.offset_ns)  # a 48-byte clock frame after it
+    assert reader.record()["last_acked_offset"] == 4096 + 47  # data size not known yet
+    reader.data_bytes = 4096
+    assert reader.record()["last_acked_offset"] == 4095
+
+
 # -- sweeps: parsing and planning -------------------------------------------------------
 
 

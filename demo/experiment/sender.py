@@ -508,6 +508,7 @@ def run_sender(
             sampler.stop()
             if stamp_reader is not None:
                 stamp_reader.stop()
+                stamp_reader.data_bytes = log.rows * cfg.size
                 result.timestamping = stamp_reader.record()
             else:
                 result.timestamping = txstamps.disabled_record(stamp_reason or "not started")

@@ -113,6 +113,9 @@ class TxStampReader:
     def __init__(self, sock: socket.socket, base: int) -> None:
         self.sock = sock
         self.base = base
+        # Bytes of messages the sender wrote, once known: reports past them are of the
+        # clock frames a by-hand sender writes after the data.
+        self.data_bytes: int | None = None
         self.kind = array("b")
         self.offset = array("q")
         self.t_ns = array("q")  # CLOCK_MONOTONIC
@@ -196,6 +199,8 @@ class TxStampReader:
             (o - self.base for k, o in zip(self.kind, self.offset, strict=True) if k == 2),
             default=None,
         )
+        if last_ack is not None and self.data_bytes is not None:
+            last_ack = min(last_ack, self.data_bytes - 1)  # the last message byte ACKed
         return {
             "enabled": True,
             "reason": None,
