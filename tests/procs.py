@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -81,6 +82,15 @@ class Bufdemo:
         if self.proc.returncode is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+def complete_run(out: Path, **settings: Any) -> Path:
+    """A real run in this process (no plots) under ``out``: its directory, once complete."""
+    import bufdemo
+
+    result = bufdemo.run_experiment(bufdemo.RunConfig(out=out, plot=False, **settings))
+    assert result.complete, result.reason
+    return result.run_dir
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:

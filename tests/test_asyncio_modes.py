@@ -16,12 +16,19 @@ from typing import Any
 
 import pytest
 
-import bufdemo
 from bufdemo import analysis, runformat
 from bufdemo.analysis.userbuffer import transport_samples, user_buffer, user_buffer_notes
 from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import Mode, RunConfig, parse_write_buffer_limits
-from tests.procs import Bufdemo, csv_rows, gone_within, one_line, run_sides, wait_for_checkpoint
+from tests.procs import (
+    Bufdemo,
+    complete_run,
+    csv_rows,
+    gone_within,
+    one_line,
+    run_sides,
+    wait_for_checkpoint,
+)
 from tests.synthetic import write_run
 
 SIZE = 1024
@@ -71,10 +78,7 @@ def test_asyncio_modes_are_modes_and_the_limits_reach_meta() -> None:
 
 
 def _run(tmp: Path, **settings: Any) -> Path:
-    cfg = RunConfig(size=SIZE, out=tmp, plot=False, **settings)
-    result = bufdemo.run_experiment(cfg)
-    assert result.complete, result.reason
-    return result.run_dir
+    return complete_run(tmp, size=SIZE, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import RunConfig
 from bufdemo.lecture.loadgen import LoadConfig
 from bufdemo.net import Address, parse_address
+from tests.procs import complete_run
 
 BUFDEMO = [sys.executable, "-m", "bufdemo"]
 TO = ["send", "--to", "127.0.0.1:5000"]
@@ -350,12 +351,7 @@ def test_loopback_detection() -> None:
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) run directory to damage copies of."""
-    from bufdemo.experiment.run import run_experiment
-
-    out = tmp_path_factory.mktemp("good")
-    result = run_experiment(RunConfig(messages=20, recv_delay=0, out=out, plot=False))
-    assert result.complete, result.reason
-    return result.run_dir
+    return complete_run(tmp_path_factory.mktemp("good"), messages=20, recv_delay=0)
 
 
 def _damage(run: Path, how: str) -> None:

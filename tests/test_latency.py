@@ -26,6 +26,7 @@ from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.sweep import parse_spec, parse_values, plan, value_label
 from bufdemo.experiment.txstamps import TxStampReader
+from tests.procs import complete_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "run-format.md"
@@ -224,18 +225,14 @@ def test_the_document_names_the_new_meta_and_summary_keys() -> None:
 @pytest.fixture(scope="module")
 def paced_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Paced well below the receiver (as fast as it can read), NOTSENT_LOWAT set."""
-    cfg = RunConfig(
+    return complete_run(
+        tmp_path_factory.mktemp("runs"),
         messages=300,
         recv_delay=0,
         send_rate=3000,
         notsent_lowat=16384,
         timestamps=True,
-        out=tmp_path_factory.mktemp("runs"),
-        plot=False,
     )
-    result = bufdemo.run_experiment(cfg)
-    assert result.complete, result.reason
-    return result.run_dir
 
 
 def test_a_paced_run_records_timestamps_to_the_last_byte_and_the_granted_lowat(

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-import bufdemo
-from bufdemo import RunConfig, runformat
+from bufdemo import runformat
 from bufdemo.runformat import (
     TABLE_FORMATS,
     AsyncioRecord,
@@ -24,6 +23,7 @@ from bufdemo.runformat import (
     SenderRecord,
     WitnessRecord,
 )
+from tests.procs import complete_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "run-format.md"
@@ -37,17 +37,9 @@ def _keys(typed_dict: Any) -> set[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run, small buffers so that the sender blocks; the receiver as fast as it can."""
-    cfg = RunConfig(
-        messages=MESSAGES,
-        recv_delay=0,
-        sndbuf=8192,
-        rcvbuf=8192,
-        out=tmp_path_factory.mktemp("runs"),
-        plot=False,
+    return complete_run(
+        tmp_path_factory.mktemp("runs"), messages=MESSAGES, recv_delay=0, sndbuf=8192, rcvbuf=8192
     )
-    result = bufdemo.run_experiment(cfg)
-    assert result.complete, result.reason
-    return result.run_dir
 
 
 @pytest.mark.slow

@@ -26,10 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bufdemo
 from bufdemo import analysis, runformat
 from bufdemo.experiment.asyncio_sender import TransportSampler, TransportState
-from bufdemo.experiment.config import Mode, RunConfig
+from bufdemo.experiment.config import Mode
 from bufdemo.experiment.recorder import (
     CHECKPOINT_INTERVAL,
     MISSING,
@@ -38,7 +37,7 @@ from bufdemo.experiment.recorder import (
     SpoolTable,
     write_table,
 )
-from tests.procs import Bufdemo, csv_rows, one_line, run_sides, wait_until
+from tests.procs import Bufdemo, complete_run, csv_rows, one_line, run_sides, wait_until
 
 NAMES = ("t_ns", "a", "b")
 
@@ -289,17 +288,13 @@ RUN_MESSAGES = 5000  # ~5 s at --recv-delay 0.001: ~10 checkpoint intervals
 
 @pytest.fixture(scope="module")
 def asyncio_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = RunConfig(
+    return complete_run(
+        tmp_path_factory.mktemp("spool"),
         size=1024,
         messages=RUN_MESSAGES,
         recv_delay=0.001,
         mode=Mode.ASYNCIO,
-        out=tmp_path_factory.mktemp("spool"),
-        plot=False,
     )
-    result = bufdemo.run_experiment(cfg)
-    assert result.complete, result.reason
-    return result.run_dir
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
+from bufdemo import probes
 from bufdemo.experiment import txstamps
+from tests.procs import wait_until
 
 SIZE = 1024
 MESSAGES = 2_000
@@ -50,15 +52,7 @@ def stamped_pair() -> Iterator[socket.socket]:
 
 def send_and_wait_for_acks(sock: socket.socket) -> None:
     sock.sendall(b"m" * SIZE * MESSAGES)
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and socket_outq(sock):  # every byte ACKed
-        time.sleep(0.01)
-
-
-def socket_outq(sock: socket.socket) -> int:
-    from bufdemo import probes
-
-    return probes.queue_out(sock) or 0
+    wait_until(lambda: probes.queue_out(sock) == 0, TIMEOUT, "every byte ACKed")
 
 
 def test_the_reader_process_hands_back_every_kind_up_to_the_last_byte() -> None:
