@@ -43,7 +43,7 @@ from bufdemo.experiment.config import (
     RunConfig,
     parse_write_buffer_limits,
 )
-from bufdemo.experiment.live import Reading, live_display
+from bufdemo.experiment.live import Reading, live_display, run_reading
 from bufdemo.experiment.recorder import (
     PROGRESS_BLOCKED_SINCE,
     PROGRESS_BLOCKING,
@@ -423,24 +423,6 @@ def _warmed_up(warm: threading.Thread, cfg: RunConfig) -> None:
     if warm.is_alive() and warm.native_id is not None and sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.sched_setscheduler(warm.native_id, os.SCHED_IDLE, os.sched_param(0))
-
-
-def run_reading(p: Progress | None, total: int) -> Reading:
-    """What the live display shows of a run (both sides) from its latest progress."""
-    now = time.perf_counter_ns()
-    if p is None:
-        return Reading(now, 0.0, total=total, sent=0, consumed=0)
-    return Reading(
-        now,
-        p.elapsed,
-        total=total,
-        sent=p.sent,
-        consumed=p.consumed,
-        send_queue=p.send_queue,
-        recv_queue=p.recv_queue,
-        blocking_sends=p.blocking_sends,
-        blocked_since_ns=p.blocked_since_ns,
-    )
 
 
 def _requested(buffer: int | None) -> str:

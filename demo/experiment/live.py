@@ -24,10 +24,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from bufdemo.experiment.run import Progress
 
 __all__ = [
     "RATE_WINDOW",
@@ -38,6 +42,7 @@ __all__ = [
     "Tracker",
     "live_display",
     "render",
+    "run_reading",
     "sender_state",
     "status_line",
 ]
@@ -74,6 +79,24 @@ class Reading:
     recv_queue: int | None = None
     blocking_sends: int | None = None
     blocked_since_ns: int = 0
+
+
+def run_reading(p: Progress | None, total: int) -> Reading:
+    """What the display shows of a ``bufdemo run`` (both sides) from its latest progress."""
+    now = time.perf_counter_ns()
+    if p is None:
+        return Reading(now, 0.0, total=total, sent=0, consumed=0)
+    return Reading(
+        now,
+        p.elapsed,
+        total=total,
+        sent=p.sent,
+        consumed=p.consumed,
+        send_queue=p.send_queue,
+        recv_queue=p.recv_queue,
+        blocking_sends=p.blocking_sends,
+        blocked_since_ns=p.blocked_since_ns,
+    )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from bufdemo.experiment.cli import (
     _json_option,
     _progress_shown,
     _say,
-    run_reading,
 )
 from bufdemo.experiment.config import (
     DEFAULT_MESSAGES,
@@ -39,7 +38,7 @@ from bufdemo.experiment.config import (
     Mode,
     RunConfig,
 )
-from bufdemo.experiment.live import Reading
+from bufdemo.experiment.live import Reading, run_reading
 
 __all__ = ["register"]
 
