@@ -12,8 +12,13 @@ With ``--default-run`` it also times the receiver of the default 100,000-message
 
 With ``--delays`` only those delays are run, each ``--repeat`` times (a delay near the
 receiver's own cost varies from run to run on a shared machine: one run is one sample).
+``--detail`` adds, per run, what stopped the receiver: the intervals between service
+ends longer than 100 us (how many, their sum, their median), the median interval while
+it caught up, and the frames it had to wait for (each starts a new schedule: an idle
+receiver banks no time). ``--rcvbuf`` fixes the receiver's buffer (default: autotuned).
 
-    python -m bench.pacing [--default-run] [--delays 5e-6 ...] [--repeat N]
+    python -m bench.pacing [--default-run] [--delays 5e-6 ...] [--repeat N] [--detail]
+        [--rcvbuf BYTES]
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from bufdemo import RunConfig, analysis, run_experiment
 
@@ -41,19 +49,42 @@ def sleep_overshoot(delay: float, n: int = 200) -> float:
     return total / n / delay
 
 
+STOP_NS = 100_000  # an interval between service ends longer than this is a stop
+
+
+def stops(consumed: pd.DataFrame, delay: float) -> str:
+    """One line: the stops, the catch-up pace and the frames waited for (see --detail)."""
+    end = consumed["t_end_ns"].to_numpy(dtype="int64")
+    gaps = np.diff(end)
+    long = gaps[gaps > STOP_NS]
+    start = consumed["t_start_ns"].to_numpy(dtype="int64")[1:]  # the first has no schedule
+    waited = int((start >= consumed["t_read_ns"].to_numpy(dtype="int64")[1:]).sum())
+    median_stop = float(np.median(long)) / 1e3 if len(long) else 0.0
+    return (
+        f"stops > {STOP_NS // 1000} us: {len(long):,}, {long.sum() / 1e9:.3f} s in all, "
+        f"median {median_stop:.0f} us; median interval {np.median(gaps) / (delay * 1e9):.2f} D; "
+        f"frames waited for: {waited:,}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--default-run", action="store_true", help="also the 100 s default run")
     parser.add_argument("--delays", type=float, nargs="+", default=list(DELAYS), metavar="S")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per delay")
+    parser.add_argument("--detail", action="store_true", help="what stopped the receiver")
+    parser.add_argument("--rcvbuf", type=int, default=None, metavar="BYTES")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-pacing-"))
     print("pacing fidelity: achieved mean service time / --recv-delay (backlogged receiver)")
     for delay in (d for d in args.delays for _ in range(args.repeat)):
         goal = DELAYS.get(delay, 0.03)
         messages = int(SECONDS_PER_DELAY / delay)
-        result = run_experiment(RunConfig(messages=messages, recv_delay=delay, out=out, plot=False))
-        service = analysis.service_times(analysis.load_run(result.run_dir).consumed)
+        cfg = RunConfig(
+            messages=messages, recv_delay=delay, rcvbuf=args.rcvbuf, out=out, plot=False
+        )
+        consumed = analysis.load_run(run_experiment(cfg).run_dir).consumed
+        service = analysis.service_times(consumed)
         ratio = float(service.mean()) / delay
         p01, p99 = (float(service.quantile(q)) / delay for q in (0.01, 0.99))
         plain = sleep_overshoot(delay, n=max(20, int(0.5 / delay) // 10))
@@ -63,6 +94,8 @@ def main() -> None:
             f"achieved/requested {ratio:.4f}  [goal within {goal:.0%}: {verdict}]  "
             f"per message p1..p99 {p01:.3f}..{p99:.3f}  (plain time.sleep: {plain:.3f})"
         )
+        if args.detail:
+            print(f"      {stops(consumed, delay)}")
     if args.default_run:
         result = run_experiment(RunConfig(out=out, plot=False))
         s = analysis.summarize(analysis.load_run(result.run_dir))
