@@ -19,6 +19,11 @@ it. The events, per direction:
 
 - ``zero_window``: the receiver advertises a window of 0;
 - ``window_update``: its first non-zero window after a zero one;
+- ``window_full``: the sender's data reached the receiver's window: less than one MSS of
+  it is left (``ack + window - highest byte sent < MSS``), so the next full-sized segment
+  may not go (what the kernel counts as rwnd-limited); ``window_open``: the first ACK
+  after that leaves room for one again. Needs the MSS, from the SYN-ACK's MSS option
+  (less the 12-byte timestamp option when both SYNs carry it); without it, none;
 - ``zero_window_probe``: the sender, facing a zero window, sends a segment of at most
   one byte at ``snd_una - 1`` (Linux's probe) or at the window's edge;
 - ``retransmission``: a data segment that ends at or before what was already sent;
@@ -38,6 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error  # dpkt raises it on short headers
+from typing import Any
 
 __all__ = [
     "SNAPLEN",
@@ -222,6 +228,7 @@ class WireParse:
     foreign: int = 0  # TCP packets of another connection
     window_scale: dict[str, int | None] = field(default_factory=dict)
     saw_syn: bool = False
+    mss: int | None = None  # the sender's segment size, from the SYNs (window_full needs it)
 
 
 def wire_events(
@@ -242,7 +249,11 @@ def wire_events(
     isn: dict[str, int] = {}
     highest: dict[str, int] = {}  # per direction: highest relative seq end sent
     zero = False  # the receiver's last advertised window was 0
+    full = False  # less than one MSS of the receiver's open window was left
     last_ack_to_sender: int | None = None  # relative to the sender's ISN
+    last_window = 0  # the receiver's last advertised window, scaled
+    mss_option: int | None = None  # the receiver's MSS option (SYN-ACK)
+    timestamps: dict[str, bool] = {}  # per direction: the SYN carried the timestamp option
     for t_real, raw in records:
         try:
             ip: dpkt.ip.IP | dpkt.ip6.IP6
@@ -268,18 +279,28 @@ def wire_events(
             out.saw_syn = True
             isn[direction] = tcp.seq
             ws = None
+            timestamps[direction] = False
             try:
                 for kind, data in dpkt.tcp.parse_opts(tcp.opts):
                     if kind == dpkt.tcp.TCP_OPT_WSCALE and data:
                         ws = min(data[0], 14)
+                    elif (
+                        kind == dpkt.tcp.TCP_OPT_MSS and len(data) == 2 and direction == "to_sender"
+                    ):
+                        mss_option = int.from_bytes(data, "big")
+                    elif kind == dpkt.tcp.TCP_OPT_TIMESTAMP:
+                        timestamps[direction] = True
             except (dpkt.dpkt.Error, ValueError, IndexError, TypeError):
                 ws = None
             out.window_scale[direction] = ws
             scale[direction] = ws or 0
+            if mss_option and direction == "to_sender":
+                both_ts = timestamps.get("to_receiver", False) and timestamps[direction]
+                out.mss = mss_option - (12 if both_ts else 0)
         base = isn.setdefault(direction, tcp.seq)
         other = "to_sender" if direction == "to_receiver" else "to_receiver"
         seq = (tcp.seq - base) % _SEQ
-        length = len(tcp.data)
+        length = _payload_length(ip, tcp)
         syn = bool(flags & dpkt.tcp.TH_SYN)
         window = tcp.win if syn else tcp.win << scale[direction]
         ack = (tcp.ack - isn[other]) % _SEQ if other in isn and flags & dpkt.tcp.TH_ACK else None
@@ -302,14 +323,22 @@ def wire_events(
         if flags & dpkt.tcp.TH_FIN:
             emit("fin")
         if direction == "to_sender" and not syn and flags & dpkt.tcp.TH_ACK:
-            last_ack_to_sender = ack
+            last_ack_to_sender, last_window = ack, window
             if window == 0 and not flags & dpkt.tcp.TH_RST:
                 if not zero:
                     emit("zero_window")
-                zero = True
-            elif zero:
-                emit("window_update")
-                zero = False
+                zero, full = True, False
+            else:
+                if zero:
+                    emit("window_update")
+                    zero = False
+                room = _room(ack, window, highest.get("to_receiver"), out.mss)
+                if room is True and full:
+                    emit("window_open")
+                    full = False
+                elif room is False and not full:
+                    emit("window_full")
+                    full = True
         if direction == "to_receiver" and not syn:
             top = highest.get(direction)
             if (
@@ -326,4 +355,27 @@ def wire_events(
             if length > 0:
                 end = seq + length
                 highest[direction] = max(top or 0, end)
+                room = _room(last_ack_to_sender, last_window, highest[direction], out.mss)
+                if not zero and not full and room is False:
+                    emit("window_full")
+                    full = True
     return out
+
+
+def _payload_length(ip: Any, tcp: Any) -> int:
+    """The segment's TCP payload from the IP header's length: the capture keeps only the
+    first SNAPLEN bytes of each packet, so the payload it holds is cut short. (IPv6: no
+    extension headers on a TCP loopback or veth path.)"""
+    import dpkt
+
+    ip_header = 0 if isinstance(ip, dpkt.ip6.IP6) else ip.hl * 4
+    total = (ip.plen if ip_header == 0 else ip.len - ip_header) - tcp.off * 4
+    return max(int(total), len(tcp.data))
+
+
+def _room(ack: int | None, window: int, sent: int | None, mss: int | None) -> bool | None:
+    """Does the receiver's window leave room for one more full-sized segment? None: unknown."""
+    if ack is None or sent is None or mss is None or mss <= 0:
+        return None
+    left = (ack + window - sent) % _SEQ
+    return mss <= left < _SEQ // 2  # past the edge (a shrunk window) is no room either

@@ -214,6 +214,7 @@ class Witnesses:
                 "foreign_packets": parsed.foreign,
                 "window_scale": parsed.window_scale,
                 "saw_syn": parsed.saw_syn,
+                "mss": parsed.mss,
             }
         )
         if not parsed.saw_syn:
