@@ -7,10 +7,18 @@ the capture, moved onto the run's clock). This module reads them and asks, for e
 stall (blocking send) of the application:
 
 - **trace**: did the sender's socket see the peer's window closed (``snd_wnd == 0`` in a
-  tcp_probe event) during the stall, or pinned at the limit (``snd_nxt`` at
-  ``snd_una + snd_wnd``: nothing more may be sent)?
-- **wire**: was a zero-window advertisement on the wire during the stall, or did the
-  window stay closed from an earlier one?
+  tcp_probe event) or full (``snd_una + snd_wnd - snd_nxt`` below one MSS, tcp_info's
+  ``snd_mss``: the next full-sized segment may not go, which is what the kernel counts
+  as rwnd-limited) at some time during the stall?
+- **wire**: was the window closed (a zero-window advertisement) or full (``window_full``:
+  the sender's data reached the advertised edge, less than one MSS left) during the
+  stall, or did it stay so from before?
+
+A stall with neither is one the receiver did not cause: the send buffer was full with
+room left in the window (SO_SNDBUF smaller than what the receiver allows).
+
+tcp_probe fires as a segment arrives, before it is processed: its values are the state
+that held *until* that segment. An event's state is placed at the event before it.
 
 It also counts *zero-window episodes* four ways, side by side: the trace (runs of
 ``snd_wnd == 0`` at the sender), the capture (``zero_window`` frames), tcp_info (runs
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from bufdemo.errors import RunFormatError
@@ -51,6 +60,8 @@ __all__ = [
     "plot_witness",
     "report_lines",
     "sequence_figure",
+    "trace_blocked",
+    "wire_blocked_episodes",
     "wire_events",
     "zoom_window",
 ]
@@ -106,7 +117,7 @@ class CrossCheck:
     stalls: int = 0
     trace: bool = False  # the run has kernel_events.csv
     wire: bool = False  # the run has wire_events.csv
-    trace_closed: int = 0  # stalls during which the trace showed a closed window
+    trace_closed: int = 0  # stalls during which the trace showed the window closed or full
     wire_closed: int = 0
     both_closed: int = 0
     counts: dict[str, int | None] = field(default_factory=dict)
@@ -117,6 +128,42 @@ class CrossCheck:
 def _sender_probe(kev: pd.DataFrame) -> pd.DataFrame:
     s = kev[(kev["side"] == "sender") & (kev["event"] == "tcp_probe")]
     return s.sort_values("t")
+
+
+def _held_until(t: np.ndarray) -> np.ndarray:
+    """tcp_probe's times moved back one event: each event's values held since the last."""
+    return np.concatenate([t[:1], t[:-1]]) if t.size else t
+
+
+def _sender_mss(run: Run) -> float | None:
+    ss = run.sender_samples
+    if ss.empty or "snd_mss" not in ss:
+        return None
+    mss = ss["snd_mss"].to_numpy(dtype="float64", na_value=np.nan)
+    mss = mss[np.isfinite(mss) & (mss > 0)]
+    return float(np.median(mss)) if mss.size else None
+
+
+def trace_blocked(sp: pd.DataFrame, mss: float | None) -> npt.NDArray[np.bool_]:
+    """Per sender tcp_probe event: was the window closed, or full (less than ``mss`` of it
+    left)? Without an MSS, closed only."""
+    wnd = sp["snd_wnd"].to_numpy(dtype="float64", na_value=np.nan)
+    closed: npt.NDArray[np.bool_] = np.asarray(wnd == 0, dtype=bool)
+    if mss is None:
+        return closed
+    una = sp["snd_una"].to_numpy(dtype="float64", na_value=np.nan)
+    nxt = sp["snd_nxt"].to_numpy(dtype="float64", na_value=np.nan)
+    full: npt.NDArray[np.bool_] = np.asarray(una + wnd - nxt < mss, dtype=bool)
+    return closed | full
+
+
+def wire_blocked_episodes(wev: pd.DataFrame) -> list[tuple[float, float]]:
+    """The wire's closed-or-full episodes: from a ``zero_window`` or ``window_full`` to the
+    next ``window_update`` or ``window_open`` that is not followed by another."""
+    marks = wev[wev["event"].isin(["zero_window", "window_update", "window_full", "window_open"])]
+    marks = marks.sort_values("t", kind="stable")
+    closed = marks["event"].isin(["zero_window", "window_full"]).to_numpy()
+    return episodes(marks["t"].to_numpy(), closed)
 
 
 def cross_check(run: Run) -> CrossCheck:
@@ -132,18 +179,20 @@ def cross_check(run: Run) -> CrossCheck:
     cc.trace, cc.wire = kev is not None, wev is not None
     st = stall_table(run)
     cc.stalls = len(st)
-    trace_eps: list[tuple[float, float]] = []
+    trace_eps: list[tuple[float, float]] = []  # closed or full: the stalls' check
     wire_eps: list[tuple[float, float]] = []
     if kev is not None:
         sp = _sender_probe(kev)
-        closed = (sp["snd_wnd"] == 0).to_numpy()
-        trace_eps = episodes(sp["t"].to_numpy(), closed)
-        cc.counts["trace (tcp_probe, sender snd_wnd = 0)"] = len(trace_eps)
+        t = _held_until(sp["t"].to_numpy())
+        zero = (sp["snd_wnd"] == 0).to_numpy()
+        cc.counts["trace (tcp_probe, sender snd_wnd = 0)"] = len(episodes(t, zero))
+        trace_eps = episodes(t, trace_blocked(sp, _sender_mss(run)))
     if wev is not None:
         zw = wev[wev["direction"] == "to_sender"]
         zw = zw[zw["event"].isin(["zero_window", "window_update"])].sort_values("t")
-        wire_eps = episodes(zw["t"].to_numpy(), (zw["event"] == "zero_window").to_numpy())
-        cc.counts["capture (zero-window frames)"] = len(wire_eps)
+        zero_eps = episodes(zw["t"].to_numpy(), (zw["event"] == "zero_window").to_numpy())
+        cc.counts["capture (zero-window frames)"] = len(zero_eps)
+        wire_eps = wire_blocked_episodes(wev)
     ss = run.sender_samples
     if not ss.empty and "snd_wnd" in ss:
         w = ss["snd_wnd"].to_numpy(dtype="float64", na_value=np.nan)
@@ -206,16 +255,21 @@ def report_lines(cc: CrossCheck) -> list[str]:
     if cc.trace and cc.wire:
         lines.append(
             f"  {cc.both_closed} of {cc.stalls} stalls: both the trace and the capture "
-            "showed a closed window"
+            "showed the receiver's window closed or full"
         )
     if cc.trace:
-        lines.append(f"  {cc.trace_closed} of {cc.stalls} stalls: the trace showed snd_wnd = 0")
+        lines.append(
+            f"  {cc.trace_closed} of {cc.stalls} stalls: the trace showed the window closed "
+            "(snd_wnd = 0) or full (less than one MSS left)"
+        )
     if cc.wire:
-        lines.append(f"  {cc.wire_closed} of {cc.stalls} stalls: the wire showed a zero window")
+        lines.append(
+            f"  {cc.wire_closed} of {cc.stalls} stalls: the wire showed a zero window or a full one"
+        )
     open_stalls = cc.stalls - (cc.trace_closed if cc.trace else cc.wire_closed)
     if (cc.trace or cc.wire) and open_stalls > 0:
         lines.append(
-            f"  {open_stalls} stalls with the window open: the send buffer itself was full "
+            f"  {open_stalls} stalls with room in the window: the send buffer itself was full "
             "(SO_SNDBUF smaller than what the receiver allows), not the receiver"
         )
     lines.append("  zero-window episodes, counted four ways:")
@@ -244,17 +298,18 @@ def plot_sequence(
     nxt = sp["snd_nxt"].to_numpy(dtype="float64", na_value=np.nan) / mib
     lim = una + sp["snd_wnd"].to_numpy(dtype="float64", na_value=np.nan) / mib
     artists: list[Artist] = []
+    # tcp_probe's values held until its event (see the module docstring): steps "pre".
     artists += ax.step(
         t,
         lim,
-        where="post",
+        where="pre",
         color="tab:green",
         lw=4.0,
         alpha=0.45,
         label="snd_una + snd_wnd (receiver's limit)",
     )
-    artists += ax.step(t, nxt, where="post", color="tab:blue", lw=1.0, label="snd_nxt (sent)")
-    artists += ax.step(t, una, where="post", color="tab:orange", lw=1.0, label="snd_una (ACKed)")
+    artists += ax.step(t, nxt, where="pre", color="tab:blue", lw=1.0, label="snd_nxt (sent)")
+    artists += ax.step(t, una, where="pre", color="tab:orange", lw=1.0, label="snd_una (ACKed)")
     artists += shade_stalls(ax, stall_table(run), label="blocking send")
     ax.set_ylabel("MiB since the first traced ACK")
     ax.set_xlabel("seconds since the connection")
@@ -334,6 +389,7 @@ def plot_witness(
         styles = {
             "zero_window": ("v", "tab:red", "zero window (wire)"),
             "window_update": ("^", "tab:green", "window update (wire)"),
+            "window_full": ("|", "tab:orange", "window full (wire)"),
             "zero_window_probe": ("x", "black", "zero-window probe (wire)"),
             "retransmission": ("*", "tab:purple", "retransmission (wire)"),
         }
@@ -386,7 +442,7 @@ def zoom_window(run: Run, kev: pd.DataFrame, cycles: int = 3) -> tuple[float, fl
     from bufdemo.analysis.stalls import stalls as stall_table
 
     sp = _sender_probe(kev)
-    eps = episodes(sp["t"].to_numpy(), (sp["snd_wnd"] == 0).to_numpy())
+    eps = episodes(_held_until(sp["t"].to_numpy()), (sp["snd_wnd"] == 0).to_numpy())
     st = stall_table(run)
     starts = st["start"].to_numpy(dtype="float64")
     ends = np.where(np.isfinite(st["end"].to_numpy(dtype="float64")), st["end"], np.inf)

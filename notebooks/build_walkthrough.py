@@ -283,10 +283,10 @@ cc = witness.cross_check(witnessed)
 if cc.trace or cc.wire:
     seen = []
     if cc.trace:
-        seen.append(f"the kernel's trace showed the receiver's window at 0 during "
-                    f"**{cc.trace_closed}**")
+        seen.append(f"the kernel's trace showed the receiver's window closed or full "
+                    f"(less than one segment left) during **{cc.trace_closed}**")
     if cc.wire:
-        seen.append(f"the capture showed a zero-window advertisement during "
+        seen.append(f"the capture showed it closed or full during "
                     f"**{cc.wire_closed}**")
     both = (f"; both witnesses agree on **{cc.both_closed}**" if cc.trace and cc.wire
             else "")
