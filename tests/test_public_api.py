@@ -109,3 +109,14 @@ def test_no_submodule_shadows_a_function_of_the_same_name() -> None:
         importlib.import_module(f"bufdemo.analysis.{name}")
     for name in analysis.__all__:
         assert not isinstance(getattr(analysis, name), type(analysis)), name
+
+
+def test_no_generated_run_is_tracked() -> None:
+    """Runs stay out of git: no tracked file is a run directory's meta.json or table."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an sdist or an export)")
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    runs = [p for p in listed if Path(p).name in ("meta.json", "sends.csv", "summary.json")]
+    assert runs == []
