@@ -40,6 +40,7 @@ __all__ = [
     "TcpInfo",
     "buffer_sizes",
     "host_info",
+    "meminfo_reader",
     "netstat_counters",
     "queue_in",
     "queue_out",
@@ -193,6 +194,29 @@ SAMPLED_MEMINFO = (
     "drops",
 )
 
+
+def meminfo_reader(sock: socket.socket) -> Callable[[], tuple[int, ...] | None]:
+    """A zero-argument reader of the :data:`SAMPLED_MEMINFO` fields of ``sock`` (in that
+    order), or None where SO_MEMINFO is unavailable: :func:`sk_meminfo` for samplers."""
+    if not IS_LINUX:
+        return lambda: None
+    whole = struct.Struct(f"={len(_SK_MEMINFO_FIELDS)}I")
+    pick = [_SK_MEMINFO_FIELDS.index(name) for name in SAMPLED_MEMINFO]
+    getsockopt, level, size = sock.getsockopt, socket.SOL_SOCKET, whole.size
+
+    def read() -> tuple[int, ...] | None:
+        try:
+            raw = getsockopt(level, SO_MEMINFO, size)
+        except OSError:
+            return None
+        if len(raw) < size:
+            return None
+        values = whole.unpack(raw)
+        return tuple(values[k] for k in pick)
+
+    return read
+
+
 SO_COOKIE = 57  # include/uapi/asm-generic/socket.h: u64, the id tracepoints print
 
 
@@ -232,9 +256,11 @@ def tcp_info(sock: socket.socket) -> TcpInfo | None:
 def tcp_info_reader(sock: socket.socket) -> Callable[[], tuple[int | None, ...] | None]:
     """A zero-argument reader of the :data:`SAMPLED_TCP_INFO` fields of ``sock``.
 
-    The samplers call it every millisecond, so the layout is resolved once here. The
-    reader returns the fields in :data:`SAMPLED_TCP_INFO` order (None for a field the
-    kernel did not return), or None where tcp_info is unavailable.
+    The samplers call it every millisecond, so the layout is resolved once here: one
+    precompiled struct reads every field when the kernel returns them all (any kernel
+    since 5.x), field by field otherwise. The reader returns the fields in
+    :data:`SAMPLED_TCP_INFO` order (None for a field the kernel did not return), or None
+    where tcp_info is unavailable.
     """
     if not IS_LINUX or not hasattr(socket, "TCP_INFO"):
         return lambda: None
@@ -242,18 +268,36 @@ def tcp_info_reader(sock: socket.socket) -> Callable[[], tuple[int | None, ...] 
         (offset, fmt, offset + struct.calcsize(fmt))
         for offset, fmt in (_TCP_INFO_FIELDS[name] for name in SAMPLED_TCP_INFO)
     ]
+    whole, order = _one_struct(layout)
+    need = whole.size
+    getsockopt, level, opt = sock.getsockopt, socket.IPPROTO_TCP, socket.TCP_INFO
 
     def read() -> tuple[int | None, ...] | None:
         try:
-            raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+            raw = getsockopt(level, opt, _TCP_INFO_LEN)
         except OSError:
             return None
         n = len(raw)
+        if n >= need:
+            values = whole.unpack_from(raw)
+            return tuple(values[k] for k in order)
         return tuple(
             struct.unpack_from(fmt, raw, off)[0] if n >= end else None for off, fmt, end in layout
         )
 
     return read
+
+
+def _one_struct(layout: list[tuple[int, str, int]]) -> tuple[struct.Struct, list[int]]:
+    """One Struct reading every (offset, format, end) field of ``layout`` at once, and for
+    each field of ``layout`` its index in what the Struct returns."""
+    by_offset = sorted(range(len(layout)), key=lambda k: layout[k][0])
+    fmt, pos = "=", 0
+    for k in by_offset:
+        offset, code, end = layout[k]
+        fmt += f"{offset - pos}x{code}"
+        pos = end
+    return struct.Struct(fmt), [by_offset.index(k) for k in range(len(layout))]
 
 
 # The tcp_info fields every periodic sample carries, in column order.

@@ -84,6 +84,53 @@ def test_tcp_info_sees_the_closed_window(tcp_pair: Callable[..., Pair]) -> None:
 
 
 @linux_only
+def test_a_sample_reads_each_kernel_value_once_and_gets_what_its_own_call_gets(
+    tcp_pair: Callable[..., Pair],
+) -> None:
+    """The sampler takes SO_SNDBUF/SO_RCVBUF from SO_MEMINFO and SIOCOUTQNSD from
+    tcp_info's notsent_bytes (the same kernel fields): with the window closed and the
+    queues still, each column equals its own system call."""
+    from bufdemo.experiment.recorder import Sampler
+
+    client, _server = tcp_pair(sndbuf=65536, rcvbuf=8192)
+    fill(client)
+
+    def closed() -> bool:
+        info = probes.tcp_info(client)
+        return info is not None and info["snd_wnd"] == 0 and nothing_in_flight(client)
+
+    wait_until(closed, SETTLE, "the sender to see a zero window")
+    sampler = Sampler(client, 0.001, lambda: 0)
+    sampler.sample()
+    row = {name: col[-1] for name, col in sampler.columns.items()}
+    unsent = probes.queue_out_unsent(client)
+    assert unsent is not None
+    assert unsent > 0
+    assert row["outq_nsd"] == unsent == row["notsent_bytes"] == row["outq"]
+    assert row["sndbuf"] == client.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert row["rcvbuf"] == client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    mem = probes.sk_meminfo(client)
+    assert mem is not None
+    assert row["wmem_queued"] == mem["wmem_queued"] > 0
+    assert probes.meminfo_reader(client)() == tuple(mem[n] for n in probes.SAMPLED_MEMINFO)
+
+
+def test_one_struct_reads_every_field_where_one_read_at_a_time_does() -> None:
+    import struct
+
+    from bufdemo.probes import _one_struct
+
+    layout = [(228, "I", 232), (8, "Q", 16), (2, "B", 3), (144, "I", 148)]
+    raw = bytearray(280)
+    for k, (offset, fmt, _end) in enumerate(layout):
+        struct.pack_into(fmt, raw, offset, 100 + k)
+    whole, order = _one_struct(layout)
+    values = whole.unpack_from(bytes(raw))
+    assert [values[k] for k in order] == [100, 101, 102, 103]
+    assert whole.size == 232
+
+
+@linux_only
 def test_queue_probes_return_none_on_a_listening_socket() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -95,6 +95,16 @@ _BLOCKED_SEQ = BLOCKING_COLUMNS.index("seq")
 _BLOCKED_ACCEPTED = BLOCKING_COLUMNS.index("accepted_first")
 # The sample columns that hold probes.SAMPLED_MEMINFO, in that order.
 _MEMINFO_COLUMNS = SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("wmem_queued") :][:8]
+# Where a sample finds the values it does not read twice (Sampler._sample).
+_MEM_SNDBUF = probes.SAMPLED_MEMINFO.index("sndbuf")
+_MEM_RCVBUF = probes.SAMPLED_MEMINFO.index("rcvbuf")
+_INFO_NOTSENT = probes.SAMPLED_TCP_INFO.index("notsent_bytes")
+# The sample columns in the order Sampler._sample reads them.
+_SAMPLED_IN_ORDER = (
+    *("t_ns", "count", "outq", "outq_nsd", "inq", "sndbuf", "rcvbuf"),
+    *probes.SAMPLED_TCP_INFO,
+    *_MEMINFO_COLUMNS,
+)
 # The array typecode that holds each integer dtype of the format.
 _TYPECODES = {"int8": "b", "int32": "i", "int64": "q"}
 
@@ -468,6 +478,12 @@ class Sampler(threading.Thread):
         self.columns = self.table.columns  # the rows not yet spooled
         self.error: BaseException | None = None
         self._tcp_info = probes.tcp_info_reader(sock)
+        self._meminfo = probes.meminfo_reader(sock)
+        # One append per column, in the order _sample reads them (the arrays live as long
+        # as the table: spooling cuts them in place).
+        self._appends = tuple(self.columns[name].append for name in _SAMPLED_IN_ORDER)
+        self._no_tcp_info = (None,) * len(probes.SAMPLED_TCP_INFO)
+        self._no_meminfo = (None,) * len(probes.SAMPLED_MEMINFO)
 
     def sample(self) -> None:
         with self._lock:
@@ -487,27 +503,35 @@ class Sampler(threading.Thread):
         self._gate.clear()
 
     def _sample(self) -> None:
+        # Each probe is a system call, and each hands the GIL over to a busy loop and
+        # back: the same kernel value is not read twice. sndbuf/rcvbuf (SO_SNDBUF and
+        # SO_RCVBUF return sk_sndbuf/sk_rcvbuf) come from SO_MEMINFO, and outq_nsd
+        # (SIOCOUTQNSD: write_seq - snd_nxt) from tcp_info's notsent_bytes, where the
+        # kernel has them; from their own calls otherwise.
         sock = self._sock
-        c = self.columns
         t = time.perf_counter_ns()
         self.next_due_ns = t + self._interval_ns
         count = self._count()
         outq = probes.queue_out(sock)
         inq = probes.queue_in(sock)
-        sizes = probes.buffer_sizes(sock)
-        c["t_ns"].append(t)
-        c["count"].append(count)
-        c["outq"].append(_or_missing(outq))
-        c["outq_nsd"].append(_or_missing(probes.queue_out_unsent(sock)))
-        c["inq"].append(_or_missing(inq))
-        c["sndbuf"].append(_or_missing(sizes.sndbuf))
-        c["rcvbuf"].append(_or_missing(sizes.rcvbuf))
-        info = self._tcp_info()
-        for i, name in enumerate(probes.SAMPLED_TCP_INFO):
-            c[name].append(MISSING if info is None else _or_missing(info[i]))
-        mem = probes.sk_meminfo(sock)
-        for name, field in zip(_MEMINFO_COLUMNS, probes.SAMPLED_MEMINFO, strict=True):
-            c[name].append(MISSING if mem is None else mem[field])
+        info = self._tcp_info() or self._no_tcp_info
+        read_mem = self._meminfo()
+        mem: tuple[int | None, ...]
+        if read_mem is None:
+            sizes = probes.buffer_sizes(sock)
+            sndbuf, rcvbuf, mem = sizes.sndbuf, sizes.rcvbuf, self._no_meminfo
+        else:
+            mem = read_mem
+            sndbuf, rcvbuf = read_mem[_MEM_SNDBUF], read_mem[_MEM_RCVBUF]
+        unsent = info[_INFO_NOTSENT]
+        if unsent is None:
+            unsent = probes.queue_out_unsent(sock)
+        for append, value in zip(
+            self._appends,
+            (t, count, outq, unsent, inq, sndbuf, rcvbuf, *info, *mem),
+            strict=True,
+        ):
+            append(MISSING if value is None else value)
         if self._progress is not None:
             self._progress[PROGRESS_COUNT] = count
             self._progress[PROGRESS_OUTQ] = _or_missing(outq)
