@@ -53,3 +53,4 @@ bench: install
 	$(BIN)/python -m bench.receiver
 	$(BIN)/python -m bench.cli
 	$(BIN)/python -m bench.floor
+	$(BIN)/python -m bench.sampler

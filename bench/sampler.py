@@ -1,0 +1,80 @@
+"""One periodic sample's cost: bufdemo's Sampler against the system calls it makes.
+
+Method: a loopback pair with a few hundred KB queued (the window closed, the queues
+still), then in one process, alternated for --rounds rounds, N times each:
+
+- syscalls: the four system calls a sample makes on Linux (SIOCOUTQ, SIOCINQ, TCP_INFO,
+  SO_MEMINFO), results thrown away: the floor;
+- sample: ``Sampler.sample()``, as the sender's loop calls it inline and the thread
+  calls it every millisecond (the probes, unpacking, 27 column appends, the lock).
+
+Medians of the rounds; the ratio is sample / syscalls. A sample holds the GIL except
+inside its system calls, so this is also what a busy loop beside it loses per
+millisecond (more when the GIL changes hands at each call: see docs/benchmarks.md).
+
+    python -m bench.sampler [--rounds 5] [--samples 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import socket
+import time
+from collections.abc import Callable
+
+from bench.common import median
+from bufdemo import probes
+from bufdemo.experiment.recorder import Sampler
+
+
+def _per_call_us(fn: Callable[[], object], n: int) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter_ns() - t0) / n / 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=20000)
+    args = ap.parse_args(argv)
+    if not probes.IS_LINUX:
+        raise SystemExit("bench.sampler: the probes are Linux system calls")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    client.setblocking(False)
+    try:
+        while True:  # fill both buffers: the window closes, the queues stay still
+            client.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    fd = client.fileno()
+    empty = b"\0\0\0\0"
+
+    def syscalls() -> None:
+        fcntl.ioctl(fd, probes.SIOCOUTQ, empty)
+        fcntl.ioctl(fd, probes.SIOCINQ, empty)
+        client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 280)
+        client.getsockopt(socket.SOL_SOCKET, probes.SO_MEMINFO, 36)
+
+    sampler = Sampler(client, 0.001, lambda: 0)
+    floor: list[float] = []
+    sample: list[float] = []
+    for _ in range(args.rounds):
+        floor.append(_per_call_us(syscalls, args.samples))
+        sample.append(_per_call_us(sampler.sample, args.samples))
+    f, s = median(floor), median(sample)
+    print(f"one sample, {args.samples:,} x {args.rounds} rounds (medians):")
+    print(f"  the four system calls alone  {f:6.2f} us")
+    print(f"  Sampler.sample()             {s:6.2f} us   ratio {s / f:.2f}")
+    client.close()
+    server.close()
+
+
+if __name__ == "__main__":
+    main()
