@@ -5,6 +5,10 @@
   a side's record; a server closes its clients and reaps its children). SIGTERM is
   Ctrl-C's twin, so that ``kill PID`` keeps the record too.
 - Later ones are only counted: they cannot cut that writing short (:class:`StopSignals`).
+  Nor can the first, once the work has ended some other way and its cleanup has begun
+  (:func:`cleanup_begins`): a side whose peer vanished writes its tables even if the
+  stop signal comes while it does (a ``bufdemo run`` SIGKILLed: each side is told to
+  stop, and one of them may first see the other close).
 - A child process that bufdemo starts (the two sides of ``bufdemo run``) starts with
   both signals blocked (:func:`blocked` around its start): one that arrives while the
   child's interpreter is still starting is held, not lost and not a traceback, and is
@@ -42,6 +46,7 @@ __all__ = [
     "STOP_SIGNALS",
     "StopSignals",
     "blocked",
+    "cleanup_begins",
     "stop_when_orphaned",
     "unblock",
 ]
@@ -67,6 +72,7 @@ class StopSignals:
         self.raising = True
         self.count = 0
         self._previous: dict[int, Any] = {}
+        self._outer: StopSignals | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -76,18 +82,33 @@ class StopSignals:
 
     def install(self) -> StopSignals:
         """Install for good (a child process: the handler stays until it has exited)."""
+        global _installed
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._outer, _installed = _installed, self
         return self
 
     def __enter__(self) -> StopSignals:
         return self.install()
 
     def __exit__(self, *exc: object) -> None:
+        global _installed
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._previous:
+            _installed = self._outer
         self._previous.clear()
+
+
+_installed: StopSignals | None = None  # the policy in force in this process
+
+
+def cleanup_begins() -> None:
+    """From here on a stop signal is only counted: the work is over and what it recorded
+    is being written (call it first in a ``finally`` that writes tables)."""
+    if _installed is not None and threading.current_thread() is threading.main_thread():
+        _installed.raising = False
 
 
 @contextlib.contextmanager

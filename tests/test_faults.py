@@ -385,3 +385,18 @@ def test_run_timeout_ends_the_run_and_says_which_side_was_stuck(
 def test_wait_until_reports_what_it_waited_for() -> None:
     with pytest.raises(AssertionError, match="waiting for nothing"):
         wait_until(lambda: False, 0.1, "nothing")
+
+
+def test_once_cleanup_has_begun_a_stop_signal_is_only_counted() -> None:
+    """A side whose peer vanished is writing its tables when its own stop signal comes
+    (its parent was SIGKILLed): that signal must not cut the writing short."""
+    from bufdemo.signals import StopSignals, cleanup_begins
+
+    with StopSignals(), pytest.raises(KeyboardInterrupt):  # before: the first one stops it
+        os.kill(os.getpid(), signal.SIGTERM)  # handled as the call returns
+    with StopSignals() as stops:
+        cleanup_begins()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs; nothing is raised
+        assert stops.count == 1
+    cleanup_begins()  # no policy installed: nothing to do, nothing raised

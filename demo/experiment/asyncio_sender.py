@@ -80,6 +80,7 @@ from bufdemo.experiment.sender import (
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
 from bufdemo.runformat import AsyncioRecord
+from bufdemo.signals import cleanup_begins
 
 __all__ = [
     "TransportSampler",
@@ -439,6 +440,7 @@ def run_asyncio_sender(
             result.error = f"interrupted after {log.rows} of {cfg.messages} messages"
             raise
         finally:
+            cleanup_begins()  # a stop signal now cannot cut the tables short
             sampler.stop()
             tsampler.stop()
             result.buffers = _buffers(cfg, start_sizes, probes.buffer_sizes(sock))

@@ -68,6 +68,7 @@ from bufdemo.experiment.wire import (
 )
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import ReceiverRecord
+from bufdemo.signals import cleanup_begins
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
 
@@ -667,6 +668,7 @@ def run_receiver(
             result.error = str(exc)
             raise
         finally:
+            cleanup_begins()  # a stop signal now cannot cut the tables short
             sampler.stop()
             result.buffers = {
                 "requested": {"sndbuf": None, "rcvbuf": cfg.rcvbuf},

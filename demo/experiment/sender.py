@@ -71,6 +71,7 @@ from bufdemo.experiment.wire import (
 )
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import AsyncioRecord, SenderRecord
+from bufdemo.signals import cleanup_begins
 
 __all__ = ["SenderResult", "connect", "identify", "open_connection", "run_sender", "send_loop"]
 
@@ -503,6 +504,7 @@ def run_sender(
             result.error = f"interrupted after {log.rows} of {cfg.messages} messages"
             raise
         finally:
+            cleanup_begins()  # a stop signal now cannot cut the tables short
             if early is not None:
                 early.close()
             sampler.stop()
