@@ -19,15 +19,19 @@ drift on a shared machine hits both alike; medians are compared.
   goal: <= 2 s at 100,000 messages) and to the command's exit (tables, summary and
   every figure written), with when each file appeared.
 - **witness hook** (goal 4): ``--witness-args "--flag ..."`` runs the sender figure a
-  second time with those flags added to `bufdemo send` and prints the points lost.
-  The flags belong to features of other issues (tracing, capture, timestamps); none
-  exists yet, so by default this part is skipped.
+  second time with those flags added to `bufdemo send` (``--timestamps``) and prints
+  the points lost.
+- **run-witness** (goal 4, the witnesses `bufdemo run` alone has): `bufdemo run
+  --recv-delay 0` as in the pipeline part, plain and with ``--run-witness-args``
+  (default ``--trace --capture``, root), alternated with the bare pipeline; for each,
+  the sender (messages / sender_seconds) and the pipeline (messages /
+  receiver_seconds) as ratios to the bare pipeline, and the points the witnesses cost.
 
 ``--pin`` runs the sender figure with the reader on CPU 1 and both senders on CPU 0: on
 2 cores the scheduler otherwise sometimes puts a sender and the reader on one CPU, and
 the bare reference moves by tens of points from round to round.
 
-    python -m bench.cli [--parts pipeline sender startup] [--rounds 3] [--pin]
+    python -m bench.cli [--parts pipeline sender startup run-witness] [--rounds 3] [--pin]
 """
 
 from __future__ import annotations
@@ -131,6 +135,39 @@ def pipeline(n: int, rounds: int, out: Path) -> None:
             f"bufdemo run {median(cli):>11,.0f} msg/s ({spread(cli)})  "
             f"ratio {ratio:.3f}  [goal >= 0.6: {verdict}]"
         )
+
+
+def run_witness(n: int, rounds: int, out: Path, witness: Sequence[str]) -> None:
+    print(
+        f"`bufdemo run --recv-delay 0` with {shlex.join(witness)} against without: "
+        f"{n:,} messages, {rounds} alternating rounds (ratios to the bare pipeline)"
+    )
+    if os.geteuid() != 0:
+        print("  skipped: tracing and capture need root")
+        return
+    for size in SIZES:
+        bare: list[float] = []
+        runs: dict[str, dict[str, list[float]]] = {
+            kind: {"sender": [], "pipeline": []} for kind in ("plain", "witness")
+        }
+        for _ in range(rounds):
+            bare.append(bare_pipeline(n, size))
+            for kind, extra in (("plain", ()), ("witness", witness)):
+                s = bufdemo(
+                    ["run", "-n", str(n), "--size", str(size), "--recv-delay", "0",
+                     "--no-plot", "--json", "--out", str(out), *extra]
+                )  # fmt: skip
+                if s["messages_intact"] != n:
+                    raise SystemExit(f"bufdemo run: {s['messages_intact']} of {n} intact")
+                runs[kind]["sender"].append(n / float(s["sender_seconds"]))
+                runs[kind]["pipeline"].append(n / float(s["receiver_seconds"]))
+        b = median(bare)
+        cells = []
+        for part in ("sender", "pipeline"):
+            p = median(runs["plain"][part]) / b
+            w = median(runs["witness"][part]) / b
+            cells.append(f"{part} {p:.3f} -> {w:.3f} ({(p - w) * 100:+.1f} points)")
+        print(f"  {size:>5} B  bare {b:>11,.0f} msg/s  " + "  ".join(cells) + "  [goal <= 5]")
 
 
 # -- the sender on the CLI ----------------------------------------------------------------
@@ -239,7 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--parts", nargs="+", default=["pipeline", "sender", "startup"],
-        choices=["pipeline", "sender", "startup"],
+        choices=["pipeline", "sender", "startup", "run-witness"],
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pipeline-messages", type=int, default=200_000)
@@ -247,6 +284,11 @@ def main() -> None:
     parser.add_argument("--startup-messages", type=int, default=100_000)
     parser.add_argument(
         "--witness-args", default="", help="flags for `bufdemo send` that switch witnesses on"
+    )
+    parser.add_argument(
+        "--run-witness-args",
+        default="--trace --capture",
+        help="flags for `bufdemo run` that switch witnesses on (part run-witness)",
     )
     parser.add_argument(
         "--pin",
@@ -260,6 +302,11 @@ def main() -> None:
     if "sender" in args.parts:
         witness = shlex.split(args.witness_args)
         sender(args.sender_messages, args.rounds, out / "sender", witness, args.pin)
+    if "run-witness" in args.parts:
+        run_witness(
+            args.pipeline_messages, args.rounds, out / "run-witness",
+            shlex.split(args.run_witness_args),
+        )  # fmt: skip
     if "startup" in args.parts:
         startup(args.startup_messages, args.rounds, out)
     print(f"  runs kept in {out}")
