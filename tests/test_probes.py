@@ -50,8 +50,9 @@ def test_send_queue_grows_when_nobody_reads(tcp_pair: Callable[..., Pair]) -> No
     assert outq < 2 * 16384
 
 
-@linux_only
-def test_tcp_info_sees_the_closed_window(tcp_pair: Callable[..., Pair]) -> None:
+def window_closed(tcp_pair: Callable[..., Pair]) -> Pair:
+    """A pair whose receiver never reads, once the sender sees the window closed and
+    nothing in flight: its queues then stay still."""
     client, server = tcp_pair(sndbuf=65536, rcvbuf=8192)
     fill(client)
 
@@ -60,6 +61,12 @@ def test_tcp_info_sees_the_closed_window(tcp_pair: Callable[..., Pair]) -> None:
         return info is not None and info["snd_wnd"] == 0 and nothing_in_flight(client)
 
     wait_until(closed, SETTLE, "the sender to see a zero window")
+    return client, server
+
+
+@linux_only
+def test_tcp_info_sees_the_closed_window(tcp_pair: Callable[..., Pair]) -> None:
+    client, server = window_closed(tcp_pair)
     info = probes.tcp_info(client)
     assert info is not None
     queued = probes.queue_out(client)
@@ -92,14 +99,7 @@ def test_a_sample_reads_each_kernel_value_once_and_gets_what_its_own_call_gets(
     queues still, each column equals its own system call."""
     from bufdemo.experiment.recorder import Sampler
 
-    client, _server = tcp_pair(sndbuf=65536, rcvbuf=8192)
-    fill(client)
-
-    def closed() -> bool:
-        info = probes.tcp_info(client)
-        return info is not None and info["snd_wnd"] == 0 and nothing_in_flight(client)
-
-    wait_until(closed, SETTLE, "the sender to see a zero window")
+    client, _server = window_closed(tcp_pair)
     sampler = Sampler(client, 0.001, lambda: 0)
     sampler.sample()
     row = {name: col[-1] for name, col in sampler.columns.items()}
