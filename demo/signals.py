@@ -118,6 +118,13 @@ def blocked() -> Iterator[None]:
     On leaving, the old mask returns and a signal held meanwhile is delivered (to this
     process: raised here, as the first Ctrl-C, if :class:`StopSignals` is installed).
     """
+    # multiprocessing starts its resource tracker with the first child it spawns, and
+    # then *unblocks* SIGINT/SIGTERM in the caller (CPython's bpo-33613 guard): a child
+    # started next would start with them unblocked and die of a Ctrl-C while importing,
+    # with a traceback. So the tracker is started before the mask is set.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield

@@ -187,3 +187,10 @@ def one_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def write_signal_mask(path: str) -> None:
+    """A child's target: write the signals this process holds blocked (/proc SigBlk)."""
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("SigBlk:"))
+    Path(path).write_text(line)

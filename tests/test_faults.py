@@ -400,3 +400,31 @@ def test_once_cleanup_has_begun_a_stop_signal_is_only_counted() -> None:
         time.sleep(0.05)  # the handler runs; nothing is raised
         assert stops.count == 1
     cleanup_begins()  # no policy installed: nothing to do, nothing raised
+
+
+def test_a_child_started_inside_blocked_starts_with_the_stop_signals_held(
+    tmp_path: Path,
+) -> None:
+    """Even the first child of a process (multiprocessing starts its resource tracker
+    then, which unblocks the signals in the caller): a Ctrl-C during its start-up is
+    held, not a traceback."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "sigblk"
+    script = (
+        "import multiprocessing as mp\n"
+        "from bufdemo.signals import blocked\n"
+        "from tests.procs import write_signal_mask\n"
+        "ctx = mp.get_context('spawn')\n"
+        "with blocked():\n"
+        f"    p = ctx.Process(target=write_signal_mask, args=({str(out)!r},))\n"
+        "    p.start()\n"
+        "p.join()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", script], cwd=root, timeout=60, check=True)
+    line = out.read_text()
+    held = int(line.split()[1], 16)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        assert held & (1 << (sig - 1)), line
