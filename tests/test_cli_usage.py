@@ -416,3 +416,22 @@ def test_a_bad_run_directory_through_python_m_bufdemo(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == f"RunFormatError: {tmp_path / 'nothing'}: no such run directory\n"
     assert proc.stdout == ""
+
+
+def test_ctrl_c_while_the_command_imports_is_an_exit_not_a_traceback() -> None:
+    """The command's imports take a while; a Ctrl-C then (here raised by the import of
+    typer itself, the first of them) exits 130 with one line."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from bufdemo.cli import main\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 130
+    assert proc.stderr == "interrupted\n"
