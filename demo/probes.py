@@ -160,6 +160,7 @@ _SK_MEMINFO_FIELDS = (
     "backlog",
     "drops",
 )
+_MEMINFO = struct.Struct(f"={len(_SK_MEMINFO_FIELDS)}I")  # u32 each, native order
 
 
 def sk_meminfo(sock: socket.socket) -> dict[str, int] | None:
@@ -168,17 +169,19 @@ def sk_meminfo(sock: socket.socket) -> dict[str, int] | None:
     ``wmem_queued`` is what select()/poll() compare with ``sndbuf``: a TCP socket is
     writable while ``sndbuf - wmem_queued >= wmem_queued / 2`` (net/core/stream.c).
     """
+    values = _read_meminfo(sock)
+    return None if values is None else dict(zip(_SK_MEMINFO_FIELDS, values, strict=True))
+
+
+def _read_meminfo(sock: socket.socket) -> tuple[int, ...] | None:
+    """SO_MEMINFO's u32 fields in :data:`_SK_MEMINFO_FIELDS` order, or None."""
     if not IS_LINUX:
         return None
-    size = 4 * len(_SK_MEMINFO_FIELDS)
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
     except OSError:
         return None
-    if len(raw) < size:
-        return None
-    values = struct.unpack(f"{len(_SK_MEMINFO_FIELDS)}I", raw)
-    return dict(zip(_SK_MEMINFO_FIELDS, values, strict=True))
+    return _MEMINFO.unpack(raw) if len(raw) >= _MEMINFO.size else None
 
 
 # The SO_MEMINFO fields every periodic sample carries, in column order (the sample
@@ -198,21 +201,11 @@ SAMPLED_MEMINFO = (
 def meminfo_reader(sock: socket.socket) -> Callable[[], tuple[int, ...] | None]:
     """A zero-argument reader of the :data:`SAMPLED_MEMINFO` fields of ``sock`` (in that
     order), or None where SO_MEMINFO is unavailable: :func:`sk_meminfo` for samplers."""
-    if not IS_LINUX:
-        return lambda: None
-    whole = struct.Struct(f"={len(_SK_MEMINFO_FIELDS)}I")
     pick = [_SK_MEMINFO_FIELDS.index(name) for name in SAMPLED_MEMINFO]
-    getsockopt, level, size = sock.getsockopt, socket.SOL_SOCKET, whole.size
 
     def read() -> tuple[int, ...] | None:
-        try:
-            raw = getsockopt(level, SO_MEMINFO, size)
-        except OSError:
-            return None
-        if len(raw) < size:
-            return None
-        values = whole.unpack(raw)
-        return tuple(values[k] for k in pick)
+        values = _read_meminfo(sock)
+        return None if values is None else tuple(values[k] for k in pick)
 
     return read
 

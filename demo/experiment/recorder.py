@@ -99,6 +99,8 @@ _MEMINFO_COLUMNS = SAMPLE_COLUMNS[SAMPLE_COLUMNS.index("wmem_queued") :][:8]
 _MEM_SNDBUF = probes.SAMPLED_MEMINFO.index("sndbuf")
 _MEM_RCVBUF = probes.SAMPLED_MEMINFO.index("rcvbuf")
 _INFO_NOTSENT = probes.SAMPLED_TCP_INFO.index("notsent_bytes")
+_NO_TCP_INFO: tuple[None, ...] = (None,) * len(probes.SAMPLED_TCP_INFO)
+_NO_MEMINFO: tuple[None, ...] = (None,) * len(probes.SAMPLED_MEMINFO)
 # The sample columns in the order Sampler._sample reads them.
 _SAMPLED_IN_ORDER = (
     *("t_ns", "count", "outq", "outq_nsd", "inq", "sndbuf", "rcvbuf"),
@@ -482,8 +484,6 @@ class Sampler(threading.Thread):
         # One append per column, in the order _sample reads them (the arrays live as long
         # as the table: spooling cuts them in place).
         self._appends = tuple(self.columns[name].append for name in _SAMPLED_IN_ORDER)
-        self._no_tcp_info = (None,) * len(probes.SAMPLED_TCP_INFO)
-        self._no_meminfo = (None,) * len(probes.SAMPLED_MEMINFO)
 
     def sample(self) -> None:
         with self._lock:
@@ -514,12 +514,12 @@ class Sampler(threading.Thread):
         count = self._count()
         outq = probes.queue_out(sock)
         inq = probes.queue_in(sock)
-        info = self._tcp_info() or self._no_tcp_info
+        info = self._tcp_info() or _NO_TCP_INFO
         read_mem = self._meminfo()
         mem: tuple[int | None, ...]
         if read_mem is None:
             sizes = probes.buffer_sizes(sock)
-            sndbuf, rcvbuf, mem = sizes.sndbuf, sizes.rcvbuf, self._no_meminfo
+            sndbuf, rcvbuf, mem = sizes.sndbuf, sizes.rcvbuf, _NO_MEMINFO
         else:
             mem = read_mem
             sndbuf, rcvbuf = read_mem[_MEM_SNDBUF], read_mem[_MEM_RCVBUF]
