@@ -111,14 +111,19 @@ def bare_pipeline(n: int, size: int) -> float:
     return n / ((int(t_last) - t0) / 1e9)
 
 
-def cli_pipeline(n: int, size: int, out: Path) -> float:
+def cli_run(n: int, size: int, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """`bufdemo run --recv-delay 0 --no-plot --json` (plus ``extra``): its summary."""
     s = bufdemo(
         ["run", "-n", str(n), "--size", str(size), "--recv-delay", "0", "--no-plot", "--json",
-         "--out", str(out)]
+         "--out", str(out), *extra]
     )  # fmt: skip
     if s["messages_intact"] != n:
         raise SystemExit(f"bufdemo run: {s['messages_intact']} of {n} messages intact")
-    return n / float(s["receiver_seconds"])
+    return s
+
+
+def cli_pipeline(n: int, size: int, out: Path) -> float:
+    return n / float(cli_run(n, size, out)["receiver_seconds"])
 
 
 def pipeline(n: int, rounds: int, out: Path) -> None:
@@ -153,12 +158,7 @@ def run_witness(n: int, rounds: int, out: Path, witness: Sequence[str]) -> None:
         for _ in range(rounds):
             bare.append(bare_pipeline(n, size))
             for kind, extra in (("plain", ()), ("witness", witness)):
-                s = bufdemo(
-                    ["run", "-n", str(n), "--size", str(size), "--recv-delay", "0",
-                     "--no-plot", "--json", "--out", str(out), *extra]
-                )  # fmt: skip
-                if s["messages_intact"] != n:
-                    raise SystemExit(f"bufdemo run: {s['messages_intact']} of {n} intact")
+                s = cli_run(n, size, out, extra)
                 runs[kind]["sender"].append(n / float(s["sender_seconds"]))
                 runs[kind]["pipeline"].append(n / float(s["receiver_seconds"]))
         b = median(bare)

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     def syscalls() -> None:
         fcntl.ioctl(fd, probes.SIOCOUTQ, empty)
         fcntl.ioctl(fd, probes.SIOCINQ, empty)
-        client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 280)
-        client.getsockopt(socket.SOL_SOCKET, probes.SO_MEMINFO, 36)
+        client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, probes._TCP_INFO_LEN)
+        client.getsockopt(socket.SOL_SOCKET, probes.SO_MEMINFO, probes._MEMINFO.size)
 
     sampler = Sampler(client, 0.001, lambda: 0)
     floor: list[float] = []
