@@ -265,3 +265,18 @@ def test_in_a_terminal_it_redraws_the_display() -> None:
     assert "\x1b[" in output  # drawn with escape codes, not printed as a log line
     assert "400 / 1,000" in output
     assert "blocked in send() for" in output
+
+
+def test_a_run_reading_carries_every_field_of_the_runs_progress() -> None:
+    import dataclasses
+
+    from bufdemo.experiment.live import run_reading
+    from bufdemo.experiment.run import Progress
+
+    p = Progress(1.5, sent=10, consumed=7, send_queue=300, recv_queue=40, blocking_sends=2)
+    p = dataclasses.replace(p, blocked_since_ns=123)
+    r = run_reading(p, total=100)
+    assert (r.elapsed, r.total, r.sent, r.consumed) == (1.5, 100, 10, 7)
+    assert (r.send_queue, r.recv_queue, r.blocking_sends, r.blocked_since_ns) == (300, 40, 2, 123)
+    before = run_reading(None, total=100)  # the run has not reported yet
+    assert (before.elapsed, before.sent, before.consumed, before.total) == (0.0, 0, 0, 100)

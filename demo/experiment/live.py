@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
@@ -86,17 +86,7 @@ def run_reading(p: Progress | None, total: int) -> Reading:
     now = time.perf_counter_ns()
     if p is None:
         return Reading(now, 0.0, total=total, sent=0, consumed=0)
-    return Reading(
-        now,
-        p.elapsed,
-        total=total,
-        sent=p.sent,
-        consumed=p.consumed,
-        send_queue=p.send_queue,
-        recv_queue=p.recv_queue,
-        blocking_sends=p.blocking_sends,
-        blocked_since_ns=p.blocked_since_ns,
-    )
+    return Reading(now_ns=now, total=total, **asdict(p))  # Progress: a subset, same names
 
 
 @dataclass(frozen=True)
