@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +55,20 @@ def test_send_log_derives_durations_and_blocked_sends_from_the_blocking_log(
     assert frame["bytes"].tolist() == [1024] * 4
     assert frame["blocked"].tolist() == [0, 0, 1, 0]
     assert frame["accepted_first"].tolist() == [1024, 1024, 300, 1024]
+
+
+def test_send_log_stores_blocks_of_stamps_in_place() -> None:
+    """Blocks of any length land at their rows; rows after the last block stay 0."""
+    log = SendLog(messages=10, size=64)
+    assert log.store(0, [5, 6, 7, 8]) == 4
+    assert log.store(4, [2**62, -1, 9]) == 7  # a shorter block (interrupted, or the last)
+    assert log.store(7, []) == 7
+    assert log.store(4, [10, 11]) == 6  # a block stored again replaces its rows
+    assert log.rows == 6
+    assert log.t_ns.tolist() == [5, 6, 7, 8, 10, 11, 9, 0, 0, 0]
+    with pytest.raises(struct.error):
+        log.store(8, [1, 2, 3])  # past the announced count: refused, nothing written
+    assert log.t_ns.tolist()[7:] == [0, 0, 0]
 
 
 def test_consumed_log_grows_past_the_announced_count(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bufdemo.errors import ProtocolError
+from bufdemo.experiment import wire
 from bufdemo.experiment.wire import (
     HEADER_SIZE,
     KIND_DATA,
@@ -183,6 +184,23 @@ def test_frame_block_frames_what_encode_frame_would(first: int, size: int) -> No
     assert [bytes(v) for v in block.views] == [
         encode_frame(KIND_DATA, first + j, payload) for j in range(7)
     ]
+
+
+@given(
+    starts=st.lists(st.integers(0, 3 * wire._TABLE_FRAMES), min_size=1, max_size=4),
+    blocks=st.integers(1, 80),
+)
+def test_frame_block_refills_in_sequence_and_after_any_jump(starts: list[int], blocks: int) -> None:
+    """Blocks filled one after another (across the precomputed table's end) and after a
+    jump anywhere, backwards too, frame what encode_frame would."""
+    count = 1024
+    block = FrameBlock(64, count=count)
+    payload = bytes(block.views[0][HEADER_SIZE:])
+    firsts = [s + k * count for s in starts for k in range(blocks)]
+    for first in firsts[:: max(1, len(firsts) // 12)] + firsts[-3:]:
+        block.fill(first)
+        for j in (0, 1, count - 1):
+            assert bytes(block.views[j]) == encode_frame(KIND_DATA, first + j, payload)
 
 
 def test_frames_reject_a_size_below_the_header() -> None:

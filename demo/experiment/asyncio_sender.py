@@ -271,7 +271,7 @@ async def _write_all(
 ) -> None:
     high = state.high
     views, fill, per_block = block.views, block.fill, block.count
-    t_col = log.t_ns
+    store = log.store
     now = time.perf_counter_ns
     use_drain = cfg.mode is Mode.ASYNCIO
     buffered = transport.get_write_buffer_size
@@ -296,9 +296,7 @@ async def _write_all(
                         await writer.drain()  # returns at once (not paused)
                 stamp(now())
         finally:
-            done = first + len(stamps)
-            t_col[first:done] = array("q", stamps)
-            log.rows = sent[0] = done
+            sent[0] = store(first, stamps)
         state.buffered_peak = max(state.buffered_peak, buffered())
         if transport.is_closing():  # write() after a lost connection drops data silently
             raise PeerError(
