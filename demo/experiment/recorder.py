@@ -61,6 +61,7 @@ __all__ = [
     "SpoolTable",
     "TableCheckpoint",
     "next_sample_ns",
+    "pack_int64s",
     "trim_partial_line",
     "write_table",
 ]
@@ -312,9 +313,26 @@ def _in_format_order(table: runformat.TableFormat, cells: Mapping[str, _T]) -> d
     return {name: cells[name] for name in table.columns}
 
 
-# The struct code of the send times' 64-bit column: a C long where it has 64 bits (Linux),
-# converted from an int faster than a long long (SendLog.store).
-_STAMP_CODE = "l" if struct.calcsize("l") == 8 else "q"
+# A 64-bit column's struct code: a C long where it has 64 bits (Linux). CPython converts a
+# multi-digit int to a long directly but to a long long through a byte array: 16 us per
+# 1,024 timestamps as "l", 35 as "q", 70 for array("q", values), which parses each item.
+_INT64_CODE = "l" if struct.calcsize("l") == 8 else "q"
+_PACKS: dict[int, Callable[..., None]] = {}
+
+
+def pack_int64s(column: array[int], row: int, values: Sequence[int]) -> None:
+    """Write ``values`` into the 64-bit ``column`` from ``row`` on, in one struct call.
+
+    The hot loops keep their timestamps in Python lists (an append or a list store per
+    message costs a few instructions; a store into an ``array("q")`` parses the int, ~500)
+    and hand them over once per block. Raises ``struct.error`` (nothing written) if they
+    do not fit.
+    """
+    n = len(values)
+    pack = _PACKS.get(n)
+    if pack is None:
+        pack = _PACKS.setdefault(n, struct.Struct(f"{n}{_INT64_CODE}").pack_into)
+    pack(column, 8 * row, *values)
 
 
 class SendLog:
@@ -332,22 +350,12 @@ class SendLog:
         self.t_ns = _zeros("q", messages)
         self.t_start_ns = 0  # when sending began: the first message's duration counts from it
         self.rows = 0  # messages completely handed to the kernel
-        self._packs: dict[int, Callable[..., None]] = {}
 
     def store(self, first: int, stamps: list[int]) -> int:
-        """Record one block's send times as rows ``first`` on; return the rows recorded.
-
-        One precompiled ``struct`` per block length converts the list, as C longs where
-        those are 64-bit: CPython converts a multi-digit int to a long directly but to a
-        long long through a byte array, so this takes 16 us per 1,024 stamps against 35
-        as ``q`` and 70 for ``array("q", stamps)``, which parses each item (bench/floor.py).
-        """
-        n = len(stamps)
-        pack = self._packs.get(n)
-        if pack is None:
-            pack = self._packs[n] = struct.Struct(f"{n}{_STAMP_CODE}").pack_into
-        pack(self.t_ns, 8 * first, *stamps)
-        self.rows = first + n
+        """Record one block's send times as rows ``first`` on (:func:`pack_int64s`);
+        return the rows recorded."""
+        pack_int64s(self.t_ns, first, stamps)
+        self.rows = first + len(stamps)
         return self.rows
 
     def columns(self, blocking: BlockingLog) -> dict[str, array[int]]:
