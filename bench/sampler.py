@@ -8,17 +8,25 @@ still), then in one process, alternated for --rounds rounds, N times each:
 - sample: ``Sampler.sample()``, as the sender's loop calls it inline and the thread
   calls it every millisecond (the probes, unpacking, 27 column appends, the lock).
 
-Medians of the rounds; the ratio is sample / syscalls. A sample holds the GIL except
-inside its system calls, so this is also what a busy loop beside it loses per
-millisecond (more when the GIL changes hands at each call: see docs/benchmarks.md).
+Medians of the rounds; the ratio is sample / syscalls.
 
-    python -m bench.sampler [--rounds 5] [--samples 20000]
+Then what a busy loop in another thread of the same process loses to the sampler thread
+sampling every millisecond, as the receiver's paced loop does beside its sampler: a loop
+that releases the GIL every iteration (an ``os.write`` of one byte to /dev/null, as
+``recv_into`` does) counts its iterations for --seconds alone, then beside the thread,
+alternated for --rounds rounds. Twice: with the probes as they are (each ioctl keeps
+the GIL: ``probes._IOCTL_BUF``) and with ioctls that release it around the call
+(``_IOCTL_BUF = 4``, CPython's behaviour for a short buffer), where every probe hands
+the GIL to the busy loop and has to wait to get it back.
+
+    python -m bench.sampler [--rounds 5] [--samples 20000] [--seconds 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -35,10 +43,41 @@ def _per_call_us(fn: Callable[[], object], n: int) -> float:
     return (time.perf_counter_ns() - t0) / n / 1000
 
 
+def busy_loop(seconds: float) -> float:
+    """Iterations per second of a loop that releases the GIL once per iteration."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    write, now, byte = os.write, time.perf_counter_ns, b"x"
+    try:
+        n, t0 = 0, now()
+        end = t0 + int(seconds * 1e9)
+        while (t := now()) < end:
+            write(fd, byte)
+            n += 1
+        return n / ((t - t0) / 1e9)
+    finally:
+        os.close(fd)
+
+
+def beside_sampler(sock: socket.socket, seconds: float, ioctl_buf: int) -> float:
+    """The busy loop's rate while a Sampler thread samples ``sock`` every 1 ms."""
+    saved = probes._IOCTL_BUF
+    probes._IOCTL_BUF = ioctl_buf
+    sampler = Sampler(sock, 0.001, lambda: 0)
+    sampler.start()
+    try:
+        return busy_loop(seconds)
+    finally:
+        sampler.stop()
+        probes._IOCTL_BUF = saved
+        if not sampler.table.rows:
+            raise SystemExit("bench.sampler: the sampler thread took no sample")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--samples", type=int, default=20000)
+    ap.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args(argv)
     if not probes.IS_LINUX:
         raise SystemExit("bench.sampler: the probes are Linux system calls")
@@ -72,6 +111,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"one sample, {args.samples:,} x {args.rounds} rounds (medians):")
     print(f"  the four system calls alone  {f:6.2f} us")
     print(f"  Sampler.sample()             {s:6.2f} us   ratio {s / f:.2f}")
+    alone: list[float] = []
+    kept: list[float] = []
+    released: list[float] = []
+    for _ in range(args.rounds):
+        alone.append(busy_loop(args.seconds))
+        kept.append(beside_sampler(client, args.seconds, probes._IOCTL_BUF))
+        released.append(beside_sampler(client, args.seconds, 4))
+    a = median(alone)
+    print(f"a busy loop beside a 1 ms sampler thread, {args.seconds:g} s x {args.rounds} rounds:")
+    print(f"  alone{'':39}{a:12,.0f} iterations/s")
+    variants = (("ioctls keep the GIL (as shipped)", kept), ("ioctls release it", released))
+    for name, rates in variants:
+        r = median(rates)
+        print(f"  beside it, {name:<33}{r:12,.0f} iterations/s   loses {1 - r / a:6.1%}")
     client.close()
     server.close()
 

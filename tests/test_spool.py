@@ -234,6 +234,67 @@ def test_the_sampler_spools_every_sample_and_holds_one_interval(
     assert held_max[0] <= HELD_BOUND < count.taken
 
 
+class Flushes:
+    """A checkpoint that counts its flushes."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_a_parked_sampler_samples_only_inline_and_still_checkpoints(
+    tmp_path: Path, client: socket.socket
+) -> None:
+    """A gated sampler whose loop runs (the gate closed) takes no sample from its thread,
+    but the thread still wakes for its checkpoints; inline samples stay on the interval's
+    grid and are spooled by those checkpoints."""
+    path = tmp_path / "samples.csv"
+    count = Count()
+    checkpoint = Flushes()
+    sampler = Sampler(
+        client,
+        SAMPLE_INTERVAL,
+        count,
+        checkpoints=[checkpoint],  # type: ignore[list-item]
+        checkpoint_samples=path,
+        checkpoint_interval=SPOOL_EVERY,
+        gated=True,
+    )
+    sampler.start()
+    inline = 0
+    deadline = time.monotonic() + 60.0
+    while (checkpoint.flushes < 5 or inline < 50) and time.monotonic() < deadline:
+        before = count.taken
+        sampler.sample_if_due(time.perf_counter_ns())
+        inline += count.taken - before
+        time.sleep(0.0002)
+    sampler.stop()  # one last sample of the final state
+    assert checkpoint.flushes >= 5
+    assert count.taken == inline + 1  # none from the thread but the last
+    sampler.write(path)
+    t = pd.read_csv(path)["t_ns"].to_numpy()
+    assert len(t) == count.taken
+    assert sampler.table.spooled > 0
+    assert np.all(np.diff(t) > 0)
+
+
+def test_an_inline_sample_keeps_the_interval_grid(client: socket.socket) -> None:
+    """The next sample is due one interval after the one that was due, not after the
+    moment it was taken (a late inline sample, after a sleep's overshoot, shifts
+    nothing); only a sampler that fell a whole interval behind restarts from now."""
+    interval = round(SAMPLE_INTERVAL * 1e9)
+    sampler = Sampler(client, SAMPLE_INTERVAL, Count(), gated=True)
+    due = time.perf_counter_ns() + 10**9  # taken early: still on its grid
+    sampler.next_due_ns = due
+    sampler.sample()
+    assert sampler.next_due_ns == due + interval
+    sampler.next_due_ns = due = time.perf_counter_ns() - 10 * interval  # far behind
+    sampler.sample()
+    assert sampler.next_due_ns > due + interval
+
+
 def test_a_failed_spool_keeps_every_row_for_the_final_write(
     tmp_path: Path, client: socket.socket
 ) -> None:

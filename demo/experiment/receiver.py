@@ -27,11 +27,12 @@ the sampler thread, so even a SIGKILLed receiver leaves what it consumed.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import socket
 import time
 from array import array
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,10 +217,15 @@ def receive_loop(
     log: ConsumedLog,
     result: ReceiverResult,
     timeout: float | None = None,
+    sampler: Sampler | None = None,
 ) -> None:
     """Consume frames at the configured pace until the sender's FIN.
 
     ``timeout`` only names the SO_RCVTIMEO the caller set, for the error message.
+    ``sampler``, if given, is a gated one: the loops take its samples inline when due
+    (between frames, and in the pacing's sleeps) and open its gate only while they wait
+    in the kernel for data, as the sender's loop does (see
+    :class:`~bufdemo.experiment.recorder.Sampler`).
     The service model is a :class:`Pacer`'s: the loop tells it when each frame was ready
     and sleeps until the target end it returns.
 
@@ -238,15 +244,67 @@ def receive_loop(
     # A clock frame (a by-hand sender's, before and after the data) is not a data frame:
     # the fast loops hand it to the decoder, which answers it and hands back.
     decoder = Decoder(max_length=max(hello.size - HEADER_SIZE, CLOCK_SIZE))
+    inline = _Inline(sampler)
     while True:
-        rest = loop(sock, hello, pacer, checker, log, result, timeout)
+        rest = loop(sock, hello, pacer, checker, log, result, timeout, inline)
         if rest is None:
             return
         decoder.receive_data(rest)
-        resume = _decoder_loop(sock, hello, pacer, decoder, checker.expected, log, result, timeout)
+        with inline.waiting():  # the rare general loop: the thread samples throughout
+            resume = _decoder_loop(
+                sock, hello, pacer, decoder, checker.expected, log, result, timeout
+            )
         if resume is None:
             return
         checker.expected = resume
+
+
+NEVER = 1 << 62  # a sample due time that never comes (no sampler)
+
+
+class _Inline:
+    """A gated sampler as the receive loops use it (or none: then nothing is ever due).
+
+    The loops keep :attr:`due` in a local, compare it with a clock reading they take
+    anyway, and call :meth:`sample` when it is reached; :meth:`nap` sleeps as the
+    pacing asks, waking for the samples that fall due meanwhile; :meth:`waiting` opens
+    the thread's gate around a wait in the kernel.
+    """
+
+    def __init__(self, sampler: Sampler | None) -> None:
+        self._sampler = sampler
+
+    @property
+    def due(self) -> int:
+        return NEVER if self._sampler is None else self._sampler.next_due_ns
+
+    def sample(self) -> int:
+        """Take one sample now; return when the next is due."""
+        if self._sampler is None:
+            return NEVER
+        self._sampler.sample()
+        return self._sampler.next_due_ns
+
+    def nap(self, until_ns: int) -> None:
+        """Sleep until ``until_ns``, taking each sample that falls due before it."""
+        now, sleep = time.perf_counter_ns, time.sleep
+        while (t := now()) < until_ns:
+            due = self.due
+            if due <= t:
+                self.sample()
+            else:
+                sleep((min(due, until_ns) - t) / 1e9)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        if self._sampler is None:
+            yield
+            return
+        self._sampler.resume()
+        try:
+            yield
+        finally:
+            self._sampler.pause()
 
 
 def _foreign(buf: bytearray, n: int, size: int) -> bool:
@@ -308,6 +366,7 @@ def _frame_loop(
     log: ConsumedLog,
     result: ReceiverResult,
     timeout: float | None,
+    inline: _Inline,
 ) -> bytearray | None:
     """One frame per recv_into, paced; the rest stays in the kernel.
 
@@ -330,9 +389,9 @@ def _frame_loop(
     reads, starts, ends = [0] * batch, [0] * batch, [0] * batch
     recv_into = sock.recv_into
     now = time.perf_counter_ns
-    sleep = time.sleep
     dontwait = socket.MSG_DONTWAIT
     start, end = pacer.start_ns, pacer.end_ns
+    due, nap = inline.due, inline.nap
     j = 0
     try:
         while True:
@@ -351,9 +410,11 @@ def _frame_loop(
                     j = 0
                 if n == 0:
                     try:
-                        n = recv_into(views[0], size)
+                        with inline.waiting():
+                            n = recv_into(views[0], size)
                     except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO expired
                         raise _stuck(timeout, log, hello) from exc
+                    due = inline.due
                     if n == 0:
                         return None
                 # Not MSG_WAITALL: a shorter frame (a clock frame, which its sender
@@ -363,9 +424,11 @@ def _frame_loop(
                         pacer.start_ns, pacer.end_ns = start, end
                         return buf[:n]
                     try:
-                        got = recv_into(views[0][n:], size - n)
+                        with inline.waiting():
+                            got = recv_into(views[0][n:], size - n)
                     except (TimeoutError, BlockingIOError) as exc:
                         raise _stuck(timeout, log, hello) from exc
+                    due = inline.due
                     if got == 0:
                         result.truncated_bytes = n
                         return None
@@ -380,10 +443,13 @@ def _frame_loop(
             t_end = now()
             if t_end < end:  # else behind schedule (catching up): served already
                 if end - t_end > SPIN_NS:
-                    sleep((end - t_end - SPIN_NS) / 1e9)
+                    nap(end - SPIN_NS)
+                    due = inline.due
                 while (t_end := now()) < end:
                     pass
             ends[j] = t_end
+            if t_end >= due:
+                due = inline.sample()
             j += 1
             if j == batch:
                 rest = _flush(buf, j, 0, checker, log, result, reads, starts, ends)
@@ -440,6 +506,7 @@ def _bulk_loop(
     log: ConsumedLog,
     result: ReceiverResult,
     timeout: float | None,
+    inline: _Inline,
 ) -> bytearray | None:
     """Delay 0: every frame the kernel has, up to BULK_BYTES per recv_into, checked at once.
 
@@ -454,6 +521,7 @@ def _bulk_loop(
     recv_into = sock.recv_into
     now = time.perf_counter_ns
     dontwait = socket.MSG_DONTWAIT
+    due = inline.due
     filled = 0
     while True:
         try:
@@ -462,9 +530,11 @@ def _bulk_loop(
         except BlockingIOError:
             waited = True
             try:
-                got = recv_into(view[filled:], cap - filled)
+                with inline.waiting():
+                    got = recv_into(view[filled:], cap - filled)
             except (TimeoutError, BlockingIOError) as exc:  # SO_RCVTIMEO expired
                 raise _stuck(timeout, log, hello) from exc
+            due = inline.due
         if got == 0:
             result.truncated_bytes = filled
             return None
@@ -491,6 +561,8 @@ def _bulk_loop(
         used = frames * size
         buf[: filled - used] = buf[used:filled]
         filled -= used
+        if t_read >= due:
+            due = inline.sample()
 
 
 def _record_block(
@@ -654,12 +726,15 @@ def run_receiver(
         counters={PROGRESS_INTACT: lambda: result.intact},
         checkpoints=[checkpoint],
         checkpoint_samples=samples_path,
+        gated=True,  # the receive loops sample inline while they run (see Sampler)
     )
     start_sizes = probes.buffer_sizes(conn)
     try:
         sampler.start()
         try:
-            receive_loop(conn, hello, cfg.recv_delay, log, result, timeout=cfg.timeout)
+            receive_loop(
+                conn, hello, cfg.recv_delay, log, result, timeout=cfg.timeout, sampler=sampler
+            )
         except KeyboardInterrupt:
             result.error = f"interrupted after {log.rows} of {hello.messages} messages"
             raise

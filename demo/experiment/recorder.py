@@ -456,13 +456,16 @@ def _or_missing(value: int | None) -> int:
 class Sampler(threading.Thread):
     """Probe one socket every ``interval`` seconds until :meth:`stop`.
 
-    A *gated* sampler (the sender's) keeps its thread parked while the loop runs: each
-    probe is a system call that releases the GIL, and a thread sampling beside a busy
-    loop turns every one of them into a hand-over of the GIL, which slows the loop far
-    more than the probes cost. The loop samples inline instead (:meth:`sample_if_due`,
-    between blocks of frames), and opens the gate (:meth:`resume`) only while it sleeps
-    in the kernel (a blocking send, the drain), when it does not need the GIL.
-    Samples from both paths go through one lock, so every row is whole and in time order.
+    A *gated* sampler (the sender's and the receiver's) keeps its thread parked while
+    the loop runs: a thread that wakes to sample beside a busy loop takes the GIL from
+    it, and the loop then waits to get it back for far longer than the sample takes (a
+    busy loop lost ~19% beside a 1 ms sampler thread, ``bench.sampler``). The loop
+    samples inline instead (:meth:`sample_if_due`, or its own check between frames),
+    and opens the gate (:meth:`resume`) only while it sleeps in the kernel (a blocking
+    send or receive, the drain), when it does not need the GIL. A parked thread still
+    wakes for its checkpoints. Samples from both paths go through one lock, so every
+    row is whole and in time order. The probes keep the GIL during their system calls
+    (``probes._IOCTL_BUF``), so a sample is one hand-over at most.
 
     ``count`` is read each sample (messages sent or consumed so far). ``progress``, if
     given, receives count, outq and inq in their PROGRESS_* slots at each sample, and
@@ -541,7 +544,9 @@ class Sampler(threading.Thread):
         # kernel has them; from their own calls otherwise.
         sock = self._sock
         t = time.perf_counter_ns()
-        self.next_due_ns = t + self._interval_ns
+        # On the interval's grid: an inline sample taken late (a sleep's overshoot) does
+        # not push every later one back.
+        self.next_due_ns = next_sample_ns(self.next_due_ns, self._interval_ns, t)
         count = self._count()
         outq = probes.queue_out(sock)
         inq = probes.queue_in(sock)
@@ -587,11 +592,18 @@ class Sampler(threading.Thread):
         next_checkpoint = next_t + self._checkpoint_ns
         try:
             while not self._stop_event.is_set():
-                self._gate.wait()  # stop() opens it too
-                if self._stop_event.is_set():
-                    break
-                self.sample()
                 checkpoints = self._checkpoints or self._spooling
+                if not self._gate.is_set():  # parked: wake for the checkpoints only
+                    until = (next_checkpoint - time.perf_counter_ns()) / 1e9
+                    self._gate.wait(max(0.0, until) if checkpoints else None)  # stop() opens it
+                    if self._stop_event.is_set():
+                        break
+                    if not self._gate.is_set():
+                        if checkpoints and time.perf_counter_ns() >= next_checkpoint:
+                            self.checkpoint()
+                            next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
+                        continue
+                self.sample()
                 if checkpoints and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
