@@ -31,14 +31,12 @@ import contextlib
 import hmac
 import socket
 import time
-from array import array
 from collections.abc import Callable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout, ProtocolError
@@ -484,18 +482,11 @@ def _flush(
     """Check and record the batch's ``frames`` frames; the bytes from an anomaly on."""
     block = checker.check(buf, frames)
     k = block.frames
-    _record_block(log, result, block, *(_int64s(times, k) for times in (reads, starts, ends)))
+    _record_block(log, result, block, reads, starts, ends)
     if block.anomaly:
         size = checker.size
         return buf[k * size : frames * size + partial]
     return None
-
-
-def _int64s(values: list[int], k: int) -> npt.NDArray[np.int64]:
-    """The first ``k`` of ``values`` as int64 (one struct call, not k conversions)."""
-    column = array("q", bytes(8 * k))
-    pack_int64s(column, 0, values[:k])
-    return np.frombuffer(column, dtype=np.int64)
 
 
 def _bulk_loop(
@@ -569,28 +560,30 @@ def _record_block(
     log: ConsumedLog,
     result: ReceiverResult,
     block: BlockCheck,
-    t_read: int | npt.NDArray[np.int64],
-    start: int | npt.NDArray[np.int64],
-    t_end: int | npt.NDArray[np.int64],
+    t_read: int | list[int],
+    start: int | list[int],
+    t_end: int | list[int],
 ) -> None:
+    """Record the block's frames as the next rows. Each time is one for all of them (an
+    int) or one per frame (a list, at least ``block.frames`` long, packed straight into
+    its column by :func:`pack_int64s`)."""
     k = block.frames
     if k == 0:
         return
     i = log.rows
     while log.capacity < i + k:
         log.grow()
-    for column, values in (
-        (log.seq, block.seq),
-        (log.t_read_ns, t_read),
-        (log.t_start_ns, start),
-        (log.t_end_ns, t_end),
-        (log.intact, block.intact),
-    ):
+    for column, values in ((log.seq, block.seq), (log.intact, block.intact)):
         np.frombuffer(column, dtype=column.typecode)[i : i + k] = values
+    for column, times in ((log.t_read_ns, t_read), (log.t_start_ns, start), (log.t_end_ns, t_end)):
+        if isinstance(times, int):
+            np.frombuffer(column, dtype=column.typecode)[i : i + k] = times
+        else:
+            pack_int64s(column, i, times[:k] if len(times) > k else times)
     intact = int(np.count_nonzero(block.intact))
     log.rows = i + k
     result.messages = i + k
-    result.t_done_ns = int(t_end if isinstance(t_end, int) else t_end[-1])
+    result.t_done_ns = t_end if isinstance(t_end, int) else t_end[k - 1]
     result.intact += intact
     result.corrupt += block.corrupt
     result.out_of_order += block.out_of_order
