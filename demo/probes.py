@@ -91,26 +91,17 @@ _TCP_INFO_FIELDS: dict[str, tuple[int, str]] = {
 _TCP_INFO_LEN = 280  # what kernel 6.18 returns; asking for more is harmless
 
 
-# The ioctls' answer buffer: mutable and longer than 1,024 bytes, so that CPython's
-# fcntl.ioctl hands it to the kernel in place *without releasing the GIL* (it releases
-# it around the call for a shorter or an immutable buffer). The call takes under a
-# microsecond; releasing the GIL there made every probe a hand-over to a busy loop in
-# another thread and back, several per sample (bench/sampler.py measures both).
-_IOCTL_BUF = 1025
-
-
 def _ioctl_int(sock: socket.socket, request: int) -> int | None:
     if not IS_LINUX:
         return None
-    buf = bytearray(_IOCTL_BUF)
     try:
-        fcntl.ioctl(sock.fileno(), request, buf)
+        buf = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
     except OSError as exc:
         # EINVAL: listening socket or unsupported request; ENOTTY/EOPNOTSUPP: not TCP.
         if exc.errno in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP, errno.EBADF):
             return None
         raise
-    value: int = _INT.unpack_from(buf)[0]
+    value: int = _INT.unpack(buf)[0]
     return value
 
 
