@@ -280,6 +280,25 @@ def test_a_parked_sampler_samples_only_inline_and_still_checkpoints(
     assert np.all(np.diff(t) > 0)
 
 
+def test_the_thread_and_the_loop_share_one_schedule(client: socket.socket) -> None:
+    """A gate opened just after an inline sample adds no sample: the thread takes the
+    next one when it falls due, not when it wakes."""
+    count = Count()
+    sampler = Sampler(client, 1.0, count, gated=True)
+    sampler.start()
+    try:
+        sampler.sample_if_due(time.perf_counter_ns())  # inline: the first is due at once
+        assert count.taken == 1
+        sampler.sample_if_due(time.perf_counter_ns())  # not due again for 1 s
+        assert count.taken == 1
+        sampler.resume()  # the loop waits in the kernel: the thread may sample
+        time.sleep(0.1)
+        assert count.taken == 1
+        wait_until(lambda: count.taken == 2, 60.0, "the thread's sample when due")
+    finally:
+        sampler.stop()
+
+
 def test_an_inline_sample_keeps_the_interval_grid(client: socket.socket) -> None:
     """The next sample is due one interval after the one that was due, not after the
     moment it was taken (a late inline sample, after a sleep's overshoot, shifts

@@ -523,9 +523,12 @@ class Sampler(threading.Thread):
             self._sample()
 
     def sample_if_due(self, now_ns: int) -> None:
-        """Inline sampling by a gated sampler's loop: one sample if the interval passed."""
+        """One sample if it is due (by the loop inline, or by the thread): the two share
+        one schedule, checked again under the lock so that only one of them takes it."""
         if now_ns >= self.next_due_ns:
-            self.sample()
+            with self._lock:
+                if now_ns >= self.next_due_ns:
+                    self._sample()
 
     def resume(self) -> None:
         """Let the thread sample (the loop is about to sleep in the kernel)."""
@@ -587,8 +590,7 @@ class Sampler(threading.Thread):
             self._spooling = False  # the rows not spooled stay in memory
 
     def run(self) -> None:
-        next_t = time.perf_counter_ns()
-        next_checkpoint = next_t + self._checkpoint_ns
+        next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
         try:
             while not self._stop_event.is_set():
                 checkpoints = self._checkpoints or self._spooling
@@ -602,13 +604,13 @@ class Sampler(threading.Thread):
                             self.checkpoint()
                             next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
                         continue
-                self.sample()
+                # One schedule with the loop's inline samples (next_due_ns): a gate that
+                # opens just after an inline sample does not add one.
+                self.sample_if_due(time.perf_counter_ns())
                 if checkpoints and time.perf_counter_ns() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.perf_counter_ns() + self._checkpoint_ns
-                now = time.perf_counter_ns()
-                next_t = next_sample_ns(next_t, self._interval_ns, now)
-                self._stop_event.wait((next_t - now) / 1e9)
+                self._stop_event.wait(max(0, self.next_due_ns - time.perf_counter_ns()) / 1e9)
         except OSError as exc:  # the socket went away under us: keep what we have
             self.error = exc
 
