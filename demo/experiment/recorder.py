@@ -459,7 +459,7 @@ class Sampler(threading.Thread):
     A *gated* sampler (the sender's and the receiver's) keeps its thread parked while
     the loop runs: a thread that wakes to sample beside a busy loop takes the GIL from
     it, and the loop then waits to get it back for far longer than the sample takes (a
-    busy loop lost 8-21% beside a 1 ms sampler thread, ``bench.sampler``). The loop
+    busy loop lost 8-22% beside a 1 ms sampler thread, ``bench.sampler``). The loop
     samples inline instead (:meth:`sample_if_due`, or its own check between frames),
     and opens the gate (:meth:`resume`) only while it sleeps in the kernel (a blocking
     send or receive, the drain), when it does not need the GIL. A parked thread still
