@@ -14,8 +14,10 @@ With ``--delays`` only those delays are run, each ``--repeat`` times (a delay ne
 receiver's own cost varies from run to run on a shared machine: one run is one sample).
 ``--detail`` adds, per run, what stopped the receiver: the intervals between service
 ends longer than 100 us (how many, their sum, their median), the median interval while
-it caught up, and the frames it had to wait for (each starts a new schedule: an idle
-receiver banks no time). ``--rcvbuf`` fixes the receiver's buffer (default: autotuned).
+it caught up, the frames it had to wait for (each starts a new schedule: an idle
+receiver banks no time), and the share of stops that came right after the loop checked
+and recorded a full batch of frames. ``--rcvbuf`` fixes the receiver's buffer (default:
+autotuned).
 
     python -m bench.pacing [--default-run] [--delays 5e-6 ...] [--repeat N] [--detail]
         [--rcvbuf BYTES]
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bufdemo import RunConfig, analysis, run_experiment
+from bufdemo.experiment.receiver import BATCH_FRAMES, BATCH_NS
 
 # delay -> goal (relative error). 5 us and 20 us: the receiver's own cost per message
 # (one recv_into, the checks, the row) must stay below the delay for the pacer to absorb it.
@@ -53,17 +56,26 @@ STOP_NS = 100_000  # an interval between service ends longer than this is a stop
 
 
 def stops(consumed: pd.DataFrame, delay: float) -> str:
-    """One line: the stops, the catch-up pace and the frames waited for (see --detail)."""
+    """One line: the stops, the catch-up pace, the frames waited for, and the stops that
+    end at a full batch of the paced loop (see --detail)."""
     end = consumed["t_end_ns"].to_numpy(dtype="int64")
     gaps = np.diff(end)
-    long = gaps[gaps > STOP_NS]
+    is_stop = gaps > STOP_NS
+    long = gaps[is_stop]
+    # The frame after a stop is frame i + 1; a full batch was checked and recorded just
+    # before it when i + 1 is a multiple of the batch (exact while the receiver is
+    # backlogged: it flushes early only before waiting for data).
+    batch = max(1, min(BATCH_FRAMES, BATCH_NS // max(1, round(delay * 1e9))))
+    after = np.flatnonzero(is_stop) + 1
+    at_batch = float(np.mean(after % batch == 0)) if len(after) else 0.0
     start = consumed["t_start_ns"].to_numpy(dtype="int64")[1:]  # the first has no schedule
     waited = int((start >= consumed["t_read_ns"].to_numpy(dtype="int64")[1:]).sum())
     median_stop = float(np.median(long)) / 1e3 if len(long) else 0.0
     return (
         f"stops > {STOP_NS // 1000} us: {len(long):,}, {long.sum() / 1e9:.3f} s in all, "
         f"median {median_stop:.0f} us; median interval {np.median(gaps) / (delay * 1e9):.2f} D; "
-        f"frames waited for: {waited:,}"
+        f"frames waited for: {waited:,}; stops right after a full batch of {batch}: "
+        f"{at_batch:.0%}"
     )
 
 

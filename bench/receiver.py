@@ -11,7 +11,9 @@ before the clock starts), then the reader consumes them, in one process:
 
 Then the block check alone, per frame, on 256 frames already in memory: the whole-block
 comparison with the frames expected next (what a bufdemo sender's stream takes) against
-the field-by-field numpy checks (what any other stream takes).
+the field-by-field numpy checks (what any other stream takes). And a full batch of the
+paced loop (``--recv-delay`` > 0) as its loop pays for it at once: 256 frames checked
+and their three times recorded (``receiver._flush``), in microseconds per batch.
 
 Alternated for --rounds rounds; medians compared. Nothing else runs, so this is the
 receiver's ceiling; a loaded machine inflates all three alike. Under valgrind
@@ -31,7 +33,7 @@ from collections.abc import Callable
 
 from bench.common import median
 from bufdemo.experiment.framecheck import EXPECTED_MISSES, FrameChecker
-from bufdemo.experiment.receiver import ReceiverResult, receive_loop
+from bufdemo.experiment.receiver import ReceiverResult, _flush, receive_loop
 from bufdemo.experiment.recorder import ConsumedLog
 from bufdemo.experiment.wire import FrameBlock, Hello
 
@@ -100,6 +102,25 @@ def block_check(size: int, whole: bool, frames: int = 256, reps: int = 200) -> f
     return (time.perf_counter_ns() - t0) / (reps * frames) / 1e3
 
 
+def batch_flush(size: int, frames: int = 256, reps: int = 200) -> float:
+    """us to check and record one full batch of the paced loop (clean frames)."""
+    block = FrameBlock(size, frames * (reps + 1))
+    block.fill(0)
+    chunks = [
+        bytearray(block.buf[k * frames * size : (k + 1) * frames * size]) for k in range(reps + 1)
+    ]
+    checker, log, result = FrameChecker(size), ConsumedLog(frames * (reps + 1)), ReceiverResult()
+    times = [time.perf_counter_ns() + j for j in range(frames)]
+    _flush(chunks[0], frames, 0, checker, log, result, times, times, times)  # learns the payload
+    t0 = time.perf_counter_ns()
+    for chunk in chunks[1:]:
+        _flush(chunk, frames, 0, checker, log, result, times, times, times)
+    elapsed = time.perf_counter_ns() - t0
+    if result.intact != frames * (reps + 1):
+        raise SystemExit(f"batch flush: {result.intact} of {frames * (reps + 1)} intact")
+    return elapsed / reps / 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -125,6 +146,9 @@ def main() -> None:
         print(
             f"  {size:>5} B  whole {whole:.3f} us  fields {fields:.3f} us ({fields / whole:.1f}x)"
         )
+    print("a full batch of the paced loop, 256 frames checked and recorded:")
+    for size in (64, 1024):
+        print(f"  {size:>5} B  {median([batch_flush(size) for _ in range(args.rounds)]):.1f} us")
 
 
 if __name__ == "__main__":

@@ -277,10 +277,10 @@ class _Inline:
         return NEVER if self._sampler is None else self._sampler.next_due_ns
 
     def sample(self) -> int:
-        """Take one sample now; return when the next is due."""
+        """The sample that is due (unless the thread took it); return when the next is."""
         if self._sampler is None:
             return NEVER
-        self._sampler.sample()
+        self._sampler.sample_if_due(time.perf_counter_ns())
         return self._sampler.next_due_ns
 
     def nap(self, until_ns: int) -> None:
@@ -289,7 +289,7 @@ class _Inline:
         while (t := now()) < until_ns:
             due = self.due
             if due <= t:
-                self.sample()
+                self.sample()  # the next is due an interval later: the loop goes on
             else:
                 sleep((min(due, until_ns) - t) / 1e9)
 

@@ -317,6 +317,8 @@ def _in_format_order(table: runformat.TableFormat, cells: Mapping[str, _T]) -> d
 # multi-digit int to a long directly but to a long long through a byte array: 16 us per
 # 1,024 timestamps as "l", 35 as "q", 70 for array("q", values), which parses each item.
 _INT64_CODE = "l" if struct.calcsize("l") == 8 else "q"
+# One compiled struct per length packed: the lengths are those of the loops' blocks and
+# batches (at most 1,024), so this holds at most that many.
 _PACKS: dict[int, Callable[..., None]] = {}
 
 
