@@ -63,8 +63,9 @@ def user_buffer(run: Run, samples: pd.DataFrame | None = None) -> dict[str, Any]
     """The asyncio numbers of a run (summary.json's ``asyncio``); None in other modes.
 
     ``expected_peak_bytes`` is what the transport must hold at its peak if every byte
-    written is somewhere: the bytes written by then, minus what the kernel held then (the
-    sender's send queue, the receiver's receive queue) and what the receiver had consumed.
+    written is somewhere: the bytes written by then (sends.csv: every ``write()``
+    stamped), minus what the kernel held then (the sender's send queue, the receiver's
+    receive queue) and what the receiver had consumed.
     """
     mode = run.config.get("mode")
     if mode not in ASYNCIO_MODES:
@@ -94,7 +95,14 @@ def user_buffer(run: Run, samples: pd.DataFrame | None = None) -> dict[str, Any]
     peak = int(ts["buffered"].to_numpy().argmax())
     row = ts.iloc[peak]
     t_ns = int(row["t_ns"])
-    written = int(row["count"]) * size
+    # Written by then: the sends stamped by then (every write() is in sends.csv). The
+    # sample's own count is the sender's per-block counter: up to a block behind.
+    sends = run.sends
+    if sends.empty:
+        written = int(row["count"]) * size
+    else:
+        stamped = sends["t_ns"].to_numpy(dtype="int64")
+        written = int(np.searchsorted(stamped, t_ns, side="right")) * size
     outq = None if pd.isna(row["outq"]) else float(row["outq"])
     inq = _at(run.receiver_samples, t_ns, "inq")
     consumed = _at(run.receiver_samples, t_ns, "count")
