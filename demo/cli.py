@@ -17,6 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated
 
+# numpy's OpenBLAS starts a thread per CPU at import, and each spins ~0.1 s of CPU
+# before it sleeps; bufdemo does no linear algebra, and on 2 CPUs those threads hold up
+# the start of a run (docs/benchmarks.md). The processes a run spawns inherit this.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 try:  # the command's imports take ~0.5 s: a Ctrl-C then is an exit, not a traceback
     import typer
     from typer.exceptions import TyperException

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -435,3 +436,28 @@ def test_ctrl_c_while_the_command_imports_is_an_exit_not_a_traceback() -> None:
     )
     assert proc.returncode == 130
     assert proc.stderr == "interrupted\n"
+
+
+_THREADS_AFTER_NUMPY = (
+    "import os, bufdemo.cli, numpy; "
+    "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="no /proc/self/task here")
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_the_command_starts_no_blas_threads_unless_the_user_asks(
+    given: str | None, expected: str
+) -> None:
+    """numpy's OpenBLAS would start a spinning thread per CPU; the command starts none,
+    and a user's own OPENBLAS_NUM_THREADS is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_AFTER_NUMPY], env=env, capture_output=True, text=True,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    assert out[1] == expected
+    if given is None:
+        assert out[0] == "1"  # the main thread alone
