@@ -381,7 +381,7 @@ def _frame_loop(
     batch = max(1, min(BATCH_FRAMES, BATCH_NS // max(delay, 1)))
     buf = bytearray(size * batch)
     view = memoryview(buf)
-    views = [view[j * size : (j + 1) * size] for j in range(batch)]
+    views = _slots(view, size, batch)  # (a comprehension here would make size a cell)
     # The batch's times, stored per message into lists (a list store is a few
     # instructions, an array("q") store ~500: it parses the int) and packed per batch.
     reads, starts, ends = [0] * batch, [0] * batch, [0] * batch
@@ -459,6 +459,11 @@ def _frame_loop(
         if j:
             _flush(buf, j, 0, checker, log, result, reads, starts, ends)
         raise
+
+
+def _slots(view: memoryview, size: int, count: int) -> list[memoryview]:
+    """``count`` consecutive ``size``-byte slices of ``view``."""
+    return [view[j * size : (j + 1) * size] for j in range(count)]
 
 
 # The one-at-a-time loop checks and records its frames in batches: at most BATCH_FRAMES,
