@@ -12,7 +12,10 @@ drift on a shared machine hits both alike; medians are compared.
 - **sender** (goal 3): `bufdemo send --to` a fast reader in another process (1 MiB
   reads), time from ``t_connected_ns`` to ``t_done_ns`` of the --json record (so the
   sampler, blocking sends and the set-up inside that span count); bare = a ``sendall``
-  loop into the same reader, from connect to the last send.
+  loop into the same reader, from connect to the last send. In the same rounds, the
+  recording floor: ``os.write``, a check, a clock read appended to a list per message
+  (the least any loop that records every send does), so each run also says how much of
+  the gap is recording itself and how much is bufdemo's.
 - **startup** (goal 5): `bufdemo run --recv-delay 0` with its plot, from launching the
   command to the sender's connection (``t0_ns``: the first message follows at once),
   and from the receiver's last message (``t_done_ns``) to timeline.png written (the
@@ -184,6 +187,24 @@ def bare_sender(addr: tuple[str, int], n: int, size: int) -> float:
     return n / ((t1 - t0) / 1e9)
 
 
+def floor_sender(addr: tuple[str, int], n: int, size: int) -> float:
+    """The least a loop that records every send does: ``os.write`` (the call bufdemo's
+    loop makes), a check of the count, a clock read appended to a list; timed as
+    :func:`bare_sender`. bufdemo's loop adds to this only per block of frames."""
+    msg = b"x" * size
+    t0 = time.perf_counter_ns()
+    with socket.create_connection(addr) as sock:
+        fd, write, now = sock.fileno(), os.write, time.perf_counter_ns
+        stamps: list[int] = []
+        stamp = stamps.append
+        for _ in range(n):
+            if write(fd, msg) != size:
+                raise SystemExit("a partial write: the reader did not keep up")
+            stamp(now())
+        t1 = time.perf_counter_ns()
+    return n / ((t1 - t0) / 1e9)
+
+
 def cli_sender(addr: tuple[str, int], n: int, size: int, out: Path, extra: Sequence[str]) -> float:
     r = bufdemo(
         ["send", "--to", f"{addr[0]}:{addr[1]}", "-n", str(n), "--size", str(size), "--json",
@@ -205,18 +226,21 @@ def sender(
             goal = SENDER_GOALS.get(n, 0.90)
             print(f"sender on the CLI into a 1 MiB reader: {n:,} messages, {rounds} rounds")
             for size in SIZES:
-                rates: dict[str, list[float]] = {"bare": [], "cli": [], "witness": []}
+                rates: dict[str, list[float]] = {"bare": [], "floor": [], "cli": [], "witness": []}
                 for _ in range(rounds):
                     rates["bare"].append(bare_sender(addr, n, size))
+                    rates["floor"].append(floor_sender(addr, n, size))
                     rates["cli"].append(cli_sender(addr, n, size, out, ()))
                     if witness:
                         rates["witness"].append(cli_sender(addr, n, size, out, witness))
                 b, c = median(rates["bare"]), median(rates["cli"])
+                f = median(rates["floor"])
                 verdict = "meets" if c / b >= goal else "MISSES"
                 line = (
                     f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
-                    f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]"
+                    f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]  "
+                    f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it"
                 )
                 if witness:
                     w = median(rates["witness"]) / b

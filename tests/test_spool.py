@@ -16,6 +16,7 @@ import resource
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -297,6 +298,40 @@ def test_the_thread_and_the_loop_share_one_schedule(client: socket.socket) -> No
         wait_until(lambda: count.taken == 2, 60.0, "the thread's sample when due")
     finally:
         sampler.stop()
+
+
+def test_a_gated_sampler_without_checkpoints_starts_its_thread_at_the_first_wait(
+    client: socket.socket,
+) -> None:
+    """The sender's sampler: until its loop first waits in the kernel it samples inline
+    and the process keeps one thread; the first resume() starts the thread, which then
+    samples while the gate is open; a sampler stopped before any wait still takes its
+    last sample."""
+    before = threading.active_count()
+    count = Count()
+    sampler = Sampler(client, SAMPLE_INTERVAL, count, gated=True)
+    sampler.start()
+    try:
+        sampler.sample_if_due(time.perf_counter_ns())  # inline
+        assert count.taken == 1
+        assert not sampler.is_alive()
+        assert threading.active_count() == before
+        sampler.resume()
+        assert sampler.is_alive()
+        wait_until(lambda: count.taken >= 3, 60.0, "samples from the thread")
+        sampler.pause()
+        sampler.resume()  # the thread is started once
+    finally:
+        sampler.stop()
+    assert not sampler.is_alive()
+
+    never = Sampler(client, SAMPLE_INTERVAL, Count(), gated=True)
+    never.start()
+    never.stop()
+    assert never.rows == 1  # the final state
+    assert not never.is_alive()
+    never.resume()  # after stop(): nothing starts
+    assert not never.is_alive()
 
 
 def test_an_inline_sample_keeps_the_interval_grid(client: socket.socket) -> None:

@@ -466,7 +466,11 @@ class Sampler(threading.Thread):
     and opens the gate (:meth:`resume`) only while it sleeps in the kernel (a blocking
     send or receive, the drain), when it does not need the GIL. A parked thread still
     wakes for its checkpoints. Samples from both paths go through one lock, so every
-    row is whole and in time order.
+    row is whole and in time order. A gated sampler without checkpoints (the sender's)
+    starts its thread only at the first :meth:`resume`: until the loop first waits in
+    the kernel, the process has one thread, and a loop of system calls runs faster so
+    (with a second thread alive, even parked, the kernel and the C library take atomic
+    paths on every call: ~3-6% of a send loop, docs/benchmarks.md).
 
     ``count`` is read each sample (messages sent or consumed so far). ``progress``, if
     given, receives count, outq and inq in their PROGRESS_* slots at each sample, and
@@ -497,6 +501,9 @@ class Sampler(threading.Thread):
         self._gate = threading.Event()  # set: the thread samples
         if not gated:
             self._gate.set()
+        # Nothing for a parked thread to do: it starts when the gate first opens.
+        self._deferred = gated and not checkpoints and checkpoint_samples is None
+        self._thread_wanted = False  # start() was called, the thread not yet started
         self._lock = threading.Lock()
         self.next_due_ns = 0  # when an inline sample is next due
         self._checkpoints = list(checkpoints)
@@ -532,9 +539,19 @@ class Sampler(threading.Thread):
                 if now_ns >= self.next_due_ns:
                     self._sample()
 
+    def start(self) -> None:
+        """Start sampling: the thread now, or (deferred) at the first :meth:`resume`."""
+        if self._deferred:
+            self._thread_wanted = True
+        else:
+            super().start()
+
     def resume(self) -> None:
         """Let the thread sample (the loop is about to sleep in the kernel)."""
         self._gate.set()
+        if self._thread_wanted and not self._stop_event.is_set():
+            self._thread_wanted = False
+            super().start()
 
     def pause(self) -> None:
         """Park the thread (the loop runs again and samples inline)."""
