@@ -16,6 +16,12 @@ parked while they run): a loop that releases the GIL every iteration (an ``os.wr
 of one byte to /dev/null, as ``recv_into`` and ``send`` do) counts its iterations for
 --seconds alone, then beside the thread, alternated for --rounds rounds.
 
+Last, what a thread costs that only exists: the same loop in a fresh process of its
+own, alone, and beside a thread parked on an event (never scheduled), alternated. With
+a second thread in the process, the kernel takes the reference-counted path of looking
+up the descriptor on every system call, and the C library its multi-threaded paths;
+this is why the sender's sampler starts its thread only at the loop's first wait.
+
     python -m bench.sampler [--rounds 5] [--samples 20000] [--seconds 1]
 """
 
@@ -25,6 +31,9 @@ import argparse
 import fcntl
 import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -67,12 +76,33 @@ def beside_sampler(sock: socket.socket, seconds: float) -> float:
             raise SystemExit("bench.sampler: the sampler thread took no sample")
 
 
+def in_fresh_process(seconds: float, parked_thread: bool) -> float:
+    """The busy loop's rate in a new process, with or without a parked thread."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.sampler", "--child", "parked" if parked_thread else "alone",
+         "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(out)
+
+
+def _child(kind: str, seconds: float) -> None:
+    never = threading.Event()
+    if kind == "parked":
+        threading.Thread(target=never.wait, daemon=True).start()
+    print(busy_loop(seconds))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--child", choices=["alone", "parked"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.seconds)
+        return
     if not probes.IS_LINUX:
         raise SystemExit("bench.sampler: the probes are Linux system calls")
     with socket.socket() as listener:
@@ -116,6 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  beside the sampler thread  {b:12,.0f} iterations/s   loses {1 - b / a:6.1%}")
     client.close()
     server.close()
+    alone, parked = [], []
+    for _ in range(args.rounds):
+        alone.append(in_fresh_process(args.seconds, False))
+        parked.append(in_fresh_process(args.seconds, True))
+    a, b = median(alone), median(parked)
+    print(f"the same loop in a fresh process, {args.seconds:g} s x {args.rounds} rounds:")
+    print(f"  alone                      {a:12,.0f} iterations/s")
+    print(f"  beside a parked thread     {b:12,.0f} iterations/s   loses {1 - b / a:6.1%}")
 
 
 if __name__ == "__main__":
