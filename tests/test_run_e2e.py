@@ -7,10 +7,13 @@ anything went.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import re
 import subprocess
 import sys
 from collections import defaultdict
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ import pytest
 
 from bufdemo import analysis
 from bufdemo.experiment.config import Mode, RunConfig
-from bufdemo.experiment.run import Progress, run_experiment
+from bufdemo.experiment.run import Progress, _without_blas_threads, run_experiment
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.slow
@@ -338,3 +341,36 @@ def test_before_sender_runs_once_the_receiver_listens_and_before_the_sender_conn
     assert called
     assert called[0] < meta["sender"]["t_connected_ns"]
     assert listening == [True]
+
+
+def _threads_after_numpy(report: Connection) -> None:  # a spawned child
+    import numpy  # noqa: F401  (its OpenBLAS starts its workers at import)
+
+    report.send((len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="no /proc/self/task here")
+@pytest.mark.parametrize("given", [None, "2"])
+def test_a_runs_children_start_without_blas_threads_and_the_parent_keeps_its_environment(
+    monkeypatch: pytest.MonkeyPatch, given: str | None
+) -> None:
+    """The sender and receiver are spawned in _without_blas_threads: a child started
+    there has one thread after importing numpy, unless the user set
+    OPENBLAS_NUM_THREADS (then it is theirs); the parent's environment is as before."""
+    if given is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", given)
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_threads_after_numpy, args=(theirs,))
+    with _without_blas_threads():
+        child.start()
+    theirs.close()
+    threads, setting = ours.recv()
+    child.join()
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == given
+    if given is None:
+        assert (threads, setting) == (1, "1")
+    else:
+        assert setting == given

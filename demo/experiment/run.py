@@ -425,6 +425,23 @@ def _stop(procs: list[mp.process.BaseProcess], grace: float = GRACE) -> None:
             proc.join()
 
 
+@contextlib.contextmanager
+def _without_blas_threads() -> Iterator[None]:
+    """A child started in this block runs without numpy's OpenBLAS worker threads (unless
+    the user set OPENBLAS_NUM_THREADS): a second thread in a process, even asleep, slows
+    its loop of system calls (the kernel and the C library take their multi-threaded
+    paths; docs/benchmarks.md). Only the children see it: a spawned child's environment
+    is this process's at its start."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
 def run_experiment(
     cfg: RunConfig,
     on_progress: Callable[[Progress], None] = lambda p: None,
@@ -479,7 +496,7 @@ def run_experiment(
                     args=(cfg, run_dir, ready_send, recv_progress, recv_ns, listen),
                     name="bufdemo-receiver",
                 )
-                with blocked():
+                with blocked(), _without_blas_threads():
                     receiver.start()
                 ready_send.close()
                 address = _wait_listening(receiver, ready_recv)
@@ -496,7 +513,7 @@ def run_experiment(
                     args=(cfg, address, run_dir, send_progress, send_ns),
                     name="bufdemo-sender",
                 )
-                with blocked():
+                with blocked(), _without_blas_threads():
                     sender.start()
                 survivor = _watch(
                     receiver, sender, send_progress, recv_progress, on_progress, t_start
