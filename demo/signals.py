@@ -141,26 +141,32 @@ def unblock() -> None:
 def stop_when_orphaned(parent_pid: int | None = None) -> None:
     """Stop this process as if interrupted (SIGTERM to itself) when its parent exits.
 
-    A child of :mod:`multiprocessing` watches its parent's sentinel from a daemon thread;
-    any other child (a forked worker, a helper started with subprocess) gives
-    ``parent_pid``, read *before* the fork, or nothing to mean its parent now: if that
-    parent is already gone, it stops at once. On Linux such a child asks the kernel for
-    the signal (``prctl(PR_SET_PDEATHSIG)``) and starts no thread, so a forked echo
-    worker costs what the lecture says it costs; elsewhere a daemon thread waits.
+    A child of :mod:`multiprocessing` knows its parent; any other child (a forked worker,
+    a helper started with subprocess) gives ``parent_pid``, read *before* the fork, or
+    nothing to mean its parent now. If that parent is already gone, it stops at once.
+    On Linux the child asks the kernel for the signal (``prctl(PR_SET_PDEATHSIG)``) and
+    starts no thread: a forked echo worker costs what the lecture says it costs, and a
+    run's sender and receiver keep to one thread while their loops run (a second thread,
+    even asleep, slows a loop of system calls; docs/benchmarks.md). The kernel sends it
+    when the parent's thread that started the child exits: ``run_experiment`` starts
+    its children and waits for them in one thread. Elsewhere a daemon thread waits for
+    the parent (a multiprocessing child: its sentinel).
     """
     mp_parent = mp.parent_process()
-    wait: Callable[[], object]
     if mp_parent is not None:
-        wait = mp_parent.join  # returns when the parent process has gone
+        pid = mp_parent.pid
     else:
         pid = os.getppid() if parent_pid is None else parent_pid
-        kernel_watches = _parent_death_signal(signal.SIGTERM)
-        if os.getppid() != pid:  # already orphaned (re-parented to init or a subreaper)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if kernel_watches:
-            return
-        wait = functools.partial(_wait_for_exit, pid)
+    kernel_watches = _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != pid:  # already orphaned (re-parented to init or a subreaper)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if kernel_watches:
+        return
+    # A multiprocessing child's join returns when the parent process has gone.
+    wait: Callable[[], object] = (
+        mp_parent.join if mp_parent is not None else functools.partial(_wait_for_exit, pid)
+    )
 
     def watch() -> None:
         wait()

@@ -9,12 +9,14 @@ asserts behaviour, never speed.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import re
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +430,28 @@ def test_a_child_started_inside_blocked_starts_with_the_stop_signals_held(
     held = int(line.split()[1], 16)
     for sig in (signal.SIGINT, signal.SIGTERM):
         assert held & (1 << (sig - 1)), line
+
+
+def _orphan_watch_threads(report: Connection) -> None:  # a spawned child, as a run's sides
+    from bufdemo.signals import stop_when_orphaned
+
+    stop_when_orphaned()
+    report.send(len(os.listdir("/proc/self/task")))
+
+
+@pytest.mark.skipif(not probes.IS_LINUX, reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_runs_child_watches_for_its_parent_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run's sender and receiver (multiprocessing children) leave the watching to the
+    kernel: one thread after stop_when_orphaned (that they still stop when the parent is
+    killed is test_bufdemo_run_sigkilled_leaves_no_orphan_...)."""
+    # The child imports this module, and so numpy: as a run's sides, without its workers.
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_orphan_watch_threads, args=(theirs,))
+    child.start()
+    theirs.close()
+    assert ours.recv() == 1
+    child.join()
