@@ -54,7 +54,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.common import drain_receiver, median, spread
+from bench.common import drain_receiver, median, recording_floor, spread
 
 BUFDEMO = str(Path(sys.executable).with_name("bufdemo"))  # the installed console script
 SIZES = (64, 1024)
@@ -188,19 +188,11 @@ def bare_sender(addr: tuple[str, int], n: int, size: int) -> float:
 
 
 def floor_sender(addr: tuple[str, int], n: int, size: int) -> float:
-    """The least a loop that records every send does: ``os.write`` (the call bufdemo's
-    loop makes), a check of the count, a clock read appended to a list; timed as
-    :func:`bare_sender`. bufdemo's loop adds to this only per block of frames."""
-    msg = b"x" * size
+    """The recording floor (:func:`bench.common.recording_floor`), timed as
+    :func:`bare_sender`. bufdemo's loop adds to it only per block of frames."""
     t0 = time.perf_counter_ns()
     with socket.create_connection(addr) as sock:
-        fd, write, now = sock.fileno(), os.write, time.perf_counter_ns
-        stamps: list[int] = []
-        stamp = stamps.append
-        for _ in range(n):
-            if write(fd, msg) != size:
-                raise SystemExit("a partial write: the reader did not keep up")
-            stamp(now())
+        recording_floor(sock, n, size)
         t1 = time.perf_counter_ns()
     return n / ((t1 - t0) / 1e9)
 

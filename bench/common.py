@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -55,3 +56,17 @@ def median(values: list[float]) -> float:
 def spread(values: list[float]) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:,.0f} .. {hi:,.0f}"
+
+
+def recording_floor(sock: socket.socket, n: int, size: int) -> None:
+    """The least a loop that records every send does, ``n`` messages of ``size`` bytes:
+    ``os.write`` of one pre-built message (the call bufdemo's loop makes), a check of
+    the count, a clock read appended to a list."""
+    msg = b"x" * size
+    fd, write, now = sock.fileno(), os.write, time.perf_counter_ns
+    stamps: list[int] = []
+    stamp = stamps.append
+    for _ in range(n):
+        if write(fd, msg) != size:
+            raise SystemExit("a partial write: the reader did not keep up")
+        stamp(now())

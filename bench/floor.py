@@ -42,7 +42,7 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import drain_receiver, median
+from bench.common import drain_receiver, median, recording_floor
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import BlockingLog, SendLog
@@ -83,18 +83,7 @@ def write(addr: tuple[str, int], n: int, size: int) -> float:
 
 
 def floor(addr: tuple[str, int], n: int, size: int) -> float:
-    msg = b"x" * size
-
-    def body(sock: socket.socket) -> None:
-        fd, w, now = sock.fileno(), os.write, time.perf_counter_ns
-        stamps: list[int] = []
-        stamp = stamps.append
-        for _ in range(n):
-            if w(fd, msg) != size:
-                raise SystemExit("a partial write: the reader did not keep up")
-            stamp(now())
-
-    return _timed(addr, n, body)
+    return _timed(addr, n, lambda sock: recording_floor(sock, n, size))
 
 
 def stamped(reader_kind: type[txstamps.TxStampReader] | None) -> Variant:
