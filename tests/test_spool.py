@@ -18,6 +18,7 @@ import socket
 import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from bufdemo.experiment.config import Mode
 from bufdemo.experiment.recorder import (
     CHECKPOINT_INTERVAL,
     MISSING,
+    PROGRESS_COUNT,
+    PROGRESS_SLOTS,
     SAMPLE_COLUMNS,
     Sampler,
     SpoolTable,
@@ -332,6 +335,27 @@ def test_a_gated_sampler_without_checkpoints_starts_its_thread_at_the_first_wait
     assert not never.is_alive()
     never.resume()  # after stop(): nothing starts
     assert not never.is_alive()
+
+
+def test_a_checkpoints_count_raises_the_live_count_and_a_later_sample_keeps_it(
+    client: socket.socket,
+) -> None:
+    """The receiver's checkpoint raises the live count to the rows it is about to write
+    (a side killed right after leaves a count not below its table on disk); it never
+    lowers it, and the next sample reads a count at least as large."""
+    progress = array("q", [0] * PROGRESS_SLOTS)
+    rows = [5]
+    sampler = Sampler(client, SAMPLE_INTERVAL, lambda: rows[0], progress=progress, gated=True)
+    sampler.sample()
+    assert progress[PROGRESS_COUNT] == 5
+    rows[0] = 9
+    sampler.count_at_least(9)
+    assert progress[PROGRESS_COUNT] == 9
+    sampler.count_at_least(3)
+    assert progress[PROGRESS_COUNT] == 9
+    rows[0] = 12
+    sampler.sample()
+    assert progress[PROGRESS_COUNT] == 12
 
 
 def test_an_inline_sample_keeps_the_interval_grid(client: socket.socket) -> None:

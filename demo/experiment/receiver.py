@@ -714,8 +714,14 @@ def run_receiver(
     log = ConsumedLog(min(hello.messages, PREALLOC_LIMIT))
     consumed_path = run_dir / runformat.CONSUMED.file
     samples_path = run_dir / runformat.RECEIVER_SAMPLES.file
+
+    def rows_to_checkpoint() -> int:
+        n = log.rows
+        sampler.count_at_least(n)  # the live count is never behind consumed.csv
+        return n
+
     # consumed.csv formatted by numpy: the checkpoint thread shares this process's GIL.
-    checkpoint = FastTableCheckpoint(consumed_path, log.columns, lambda: log.rows)
+    checkpoint = FastTableCheckpoint(consumed_path, log.columns, rows_to_checkpoint)
     sampler = Sampler(
         conn,
         cfg.sample_interval,

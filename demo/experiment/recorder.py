@@ -539,6 +539,15 @@ class Sampler(threading.Thread):
                 if now_ns >= self.next_due_ns:
                     self._sample()
 
+    def count_at_least(self, n: int) -> None:
+        """Raise the live count to ``n`` now (a checkpoint about to write ``n`` rows):
+        the count a killed side leaves behind is then never below its tables on disk.
+        Under the samples' lock, so no sample that read a smaller count writes it later."""
+        if self._progress is not None:
+            with self._lock:
+                if self._progress[PROGRESS_COUNT] < n:
+                    self._progress[PROGRESS_COUNT] = n
+
     def start(self) -> None:
         """Start sampling: the thread now, or (deferred) at the first :meth:`resume`."""
         if self._deferred:
