@@ -31,7 +31,7 @@ import contextlib
 import hmac
 import socket
 import time
-from collections.abc import Callable, Iterator, MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,16 +293,9 @@ class _Inline:
             else:
                 sleep((min(due, until_ns) - t) / 1e9)
 
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        if self._sampler is None:
-            yield
-            return
-        self._sampler.resume()
-        try:
-            yield
-        finally:
-            self._sampler.pause()
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        """The thread's gate open around a wait in the kernel (:meth:`Sampler.waiting`)."""
+        return contextlib.nullcontext() if self._sampler is None else self._sampler.waiting()
 
 
 def _foreign(buf: bytearray, n: int, size: int) -> bool:

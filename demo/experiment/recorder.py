@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -470,7 +470,7 @@ class Sampler(threading.Thread):
     starts its thread only at the first :meth:`resume`: until the loop first waits in
     the kernel, the process has one thread, and a loop of system calls runs faster so
     (with a second thread alive, even parked, the kernel and the C library take atomic
-    paths on every call: ~3-6% of a send loop, docs/benchmarks.md).
+    paths on every call: a loop of one-byte writes loses ~8%, ``bench.sampler``).
 
     ``count`` is read each sample (messages sent or consumed so far). ``progress``, if
     given, receives count, outq and inq in their PROGRESS_* slots at each sample, and
@@ -565,6 +565,15 @@ class Sampler(threading.Thread):
     def pause(self) -> None:
         """Park the thread (the loop runs again and samples inline)."""
         self._gate.clear()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """The gate open around a wait in the kernel (:meth:`resume`, then :meth:`pause`)."""
+        self.resume()
+        try:
+            yield
+        finally:
+            self.pause()
 
     def _sample(self) -> None:
         # Each probe is a system call, and each hands the GIL over to a busy loop and

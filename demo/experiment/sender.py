@@ -266,13 +266,10 @@ def send_loop(
         if progress is not None:
             progress[PROGRESS_BLOCKED_SINCE] = t0
         before = _probe(sock)
-        if sampler is not None:
-            sampler.resume()
         try:
-            waits = _finish(sock, view[n:], use_select, cfg.timeout)
+            with contextlib.nullcontext() if sampler is None else sampler.waiting():
+                waits = _finish(sock, view[n:], use_select, cfg.timeout)
         finally:
-            if sampler is not None:
-                sampler.pause()
             if progress is not None:
                 progress[PROGRESS_BLOCKED_SINCE] = 0
         log_wait(blocking, seq, t0, clock(), n, cfg.size - n, waits, before, _probe(sock))
@@ -339,12 +336,12 @@ def _wait_for_slot(pacer: Pacer, sampler: Sampler | None) -> None:
     start = pacer.start_ns
     remaining = start - now()
     if remaining > SPIN_NS:
-        if sampler is not None:
+        if sampler is None:
+            time.sleep((remaining - SPIN_NS) / 1e9)
+        else:
             sampler.sample_if_due(now())
-            sampler.resume()  # the thread samples while this one sleeps
-        time.sleep((remaining - SPIN_NS) / 1e9)
-        if sampler is not None:
-            sampler.pause()
+            with sampler.waiting():  # the thread samples while this one sleeps
+                time.sleep((remaining - SPIN_NS) / 1e9)
     while now() < start:
         pass
 
