@@ -15,13 +15,23 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
   starts (``txstamps.TxStampProcess``; with ``--pin`` it shares CPU 0 with the sender);
 - ``loop-B``: bufdemo's ``send_loop`` without sampling, frames framed B at a time (the
   default is ``frames_per_block``: 1,024 at 64 B and 1 KiB);
-- ``run_sender``: the whole sender of ``bufdemo send`` (connection set-up, sampler,
-  clock frames, tables), its rate from ``t_connected_ns`` to ``t_done_ns`` as in
-  ``bench.cli``: the command without the command line.
+- ``loop+parked``: ``loop-1024`` with a second thread alive in the process, parked on
+  an event that is never set (what a sampler thread started at the connection cost);
+- ``run_sender``: the whole sender of ``bufdemo send`` without the command line (set-up,
+  inline samples, tables), its rate from ``t_connected_ns`` to ``t_done_ns`` as in
+  ``bench.cli``;
+- ``run_sender+clock``: the same with the clock frames of a by-hand ``bufdemo send``,
+  whose answers a thread waits for (this reader never answers: the thread lives through
+  the run, as in ``bench.cli``'s sender figure).
 
-``--pin`` puts the reader on CPU 1 and this process on CPU 0.
+``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
+measurement in a new process of its own: a variant that starts a thread (the
+``+thread``, ``+parked`` and ``+clock`` ones) leaves the process slower for every
+variant after it, since the C library keeps its multi-threaded paths once a second
+thread has existed.
 
     python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
+        [--fresh] [--only VARIANT ...]
 
 Instructions per message, which do not move with the machine's load: run one variant
 under valgrind at two message counts and divide the difference (the reader, a forked
@@ -36,7 +46,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -117,16 +130,55 @@ def loop(block: int) -> Variant:
     return variant
 
 
-def whole_sender(out: Path) -> Variant:
+def parked(inner: Variant) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        never = threading.Event()
+        threading.Thread(target=never.wait, daemon=True).start()
+        try:
+            return inner(addr, n, size)
+        finally:
+            never.set()
+
+    return variant
+
+
+def whole_sender(out: Path, clock_sync: bool = False) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         result = SenderResult()
         run_dir = Path(tempfile.mkdtemp(dir=out))
-        run_sender(RunConfig(messages=n, size=size, out=out), Address(*addr), run_dir, None, result)
+        cfg = RunConfig(messages=n, size=size, out=out)
+        run_sender(cfg, Address(*addr), run_dir, None, result, clock_sync=clock_sync)
         if result.t_done_ns is None or result.t_connected_ns is None:
             raise SystemExit(f"run_sender did not finish: {result.error}")
         return n / ((result.t_done_ns - result.t_connected_ns) / 1e9)
 
     return variant
+
+
+def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
+    variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
+    variants |= {
+        "write+ts": stamped(None),
+        "write+ts+thread": stamped(txstamps.TxStampReader),
+        "write+ts+process": stamped(txstamps.TxStampProcess),
+    }
+    variants |= {f"loop-{b}": loop(b) for b in blocks}
+    variants["loop+parked"] = parked(loop(1024))
+    variants["run_sender"] = whole_sender(out)
+    variants["run_sender+clock"] = whole_sender(out, clock_sync=True)
+    return variants
+
+
+def in_fresh_process(
+    name: str, addr: tuple[str, int], n: int, size: int, args: argparse.Namespace, out: Path
+) -> float:
+    """One measurement of variant ``name`` in a new process (``--child``)."""
+    argv = [sys.executable, "-m", "bench.floor", "--child", name, "--to", f"{addr[0]}:{addr[1]}",
+            "--messages", str(n), "--sizes", str(size), "--out", str(out),
+            "--blocks", *map(str, args.blocks)]  # fmt: skip
+    if args.pin:
+        argv.append("--pin")
+    return float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
 def main() -> None:
@@ -135,31 +187,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--blocks", type=int, nargs="+", default=[1024])
     parser.add_argument("--pin", action="store_true", help="reader on CPU 1, senders on CPU 0")
+    parser.add_argument("--fresh", action="store_true", help="each measurement in a new process")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 1024])
     parser.add_argument(
         "--only", nargs="+", help="these variants only (rates, no ratios without bare)"
     )
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, for --fresh
+    parser.add_argument("--to", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-floor-"))
-    variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
-    variants |= {
-        "write+ts": stamped(None),
-        "write+ts+thread": stamped(txstamps.TxStampReader),
-        "write+ts+process": stamped(txstamps.TxStampProcess),
-    }
-    variants |= {f"loop-{b}": loop(b) for b in args.blocks}
-    variants["run_sender"] = whole_sender(out)
-    if args.only:
-        variants = {k: v for k, v in variants.items() if k in args.only}
     if args.pin:
         os.sched_setaffinity(0, {0})
-    print(f"the sender's floor: {args.messages:,} messages, {args.rounds} alternated rounds")
+    if args.child:
+        host, port = args.to.rsplit(":", 1)
+        variant = variants_of(args.blocks, args.out)[args.child]
+        print(variant((host, int(port)), args.messages, args.sizes[0]))
+        return
+    out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-floor-"))
+    variants = variants_of(args.blocks, out)
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
+    where = "each in a new process" if args.fresh else "in this process"
+    print(f"the sender's floor: {args.messages:,} messages, {args.rounds} rounds, {where}")
     with drain_receiver(cpu=1 if args.pin else None) as addr:
         for size in args.sizes:
             rates: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, variant in variants.items():
-                    rates[name].append(variant(addr, args.messages, size))
+                    if args.fresh:
+                        rate = in_fresh_process(name, addr, args.messages, size, args, out)
+                    else:
+                        rate = variant(addr, args.messages, size)
+                    rates[name].append(rate)
             if "bare" not in rates:
                 cells = "  ".join(f"{k} {median(v):,.0f} msg/s" for k, v in rates.items())
                 print(f"  {size:>5} B  {cells}")
