@@ -7,8 +7,11 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
 - ``write``: ``os.write(fd, msg)`` per message (the call bufdemo's loop makes);
 - ``floor``: ``os.write``, a check of the count, ``stamps.append(perf_counter_ns())``:
   the least a loop that records every send must do;
-- ``write+ts``: ``write`` on a socket with ``--timestamps``' SO_TIMESTAMPING flags, the
-  reports left in the error queue (what the kernel's timestamping costs the sender);
+- ``write+ts``: ``write`` on a socket with ``--timestamps``' SO_TIMESTAMPING flags on
+  loopback (SND and ACK), the reports left in the error queue (what the kernel's
+  timestamping costs the sender);
+- ``write+ts+sched``: the same with SCHED reports too, as ``--timestamps`` asks off
+  loopback (``txstamps.sched_reason``);
 - ``write+ts+thread``: the same with a reader thread draining them in this process
   (``txstamps.TxStampReader``, what ``--timestamps`` used to do);
 - ``write+ts+process``: the same with the reader process ``bufdemo send --timestamps``
@@ -99,11 +102,11 @@ def floor(addr: tuple[str, int], n: int, size: int) -> float:
     return _timed(addr, n, lambda sock: recording_floor(sock, n, size))
 
 
-def stamped(reader_kind: type[txstamps.TxStampReader] | None) -> Variant:
+def stamped(reader_kind: type[txstamps.TxStampReader] | None, sched: bool = False) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         msg = b"x" * size
         with socket.create_connection(addr) as sock:
-            if (why := txstamps.enable(sock)) is not None:
+            if (why := txstamps.enable(sock, sched)) is not None:
                 raise SystemExit(why)
             reader = (reader_kind or txstamps.TxStampReader)(sock, 0)
             if reader_kind is not None:
@@ -159,6 +162,7 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
     variants |= {
         "write+ts": stamped(None),
+        "write+ts+sched": stamped(None, sched=True),
         "write+ts+thread": stamped(txstamps.TxStampReader),
         "write+ts+process": stamped(txstamps.TxStampProcess),
     }

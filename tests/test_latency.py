@@ -25,7 +25,7 @@ from bufdemo.cli import main
 from bufdemo.errors import ConfigError
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.sweep import parse_spec, parse_values, plan, value_label
-from bufdemo.experiment.txstamps import TxStampReader
+from bufdemo.experiment.txstamps import NO_QDISC, TxStampReader
 from tests.procs import complete_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +249,10 @@ def test_a_paced_run_records_timestamps_to_the_last_byte_and_the_granted_lowat(
     assert sender["blocking_sends"] == 0
     stamps = pd.read_csv(paced_run / runformat.TX_TIMESTAMPS.file)
     assert tuple(stamps.columns) == runformat.TX_TIMESTAMPS.columns
-    assert set(stamps["kind"]) == {0, 1, 2}
+    # On loopback (noqueue) SCHED is not asked for: it would only repeat SND's moment.
+    assert stamping["sched_reason"] == NO_QDISC
+    assert stamping["notifications"]["SCHED"] == 0
+    assert set(stamps["kind"]) == {0, 2}
 
 
 def test_a_paced_sender_keeps_its_pace(paced_run: Path) -> None:

@@ -24,7 +24,7 @@ from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.experiment import netns
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.run import run_experiment
-from bufdemo.runformat import ADDED_COLUMNS, LINK_SAMPLES
+from bufdemo.runformat import ADDED_COLUMNS, LINK_SAMPLES, TX_TIMESTAMPS
 from tests.conftest import require_root, require_tool
 from tests.procs import Bufdemo, wait_for_checkpoint
 
@@ -163,7 +163,13 @@ def test_netem_options_fail_at_once_naming_netem(
 def test_a_link_run_is_limited_by_the_link_and_leaves_nothing(tmp_path: Path) -> None:
     _root()
     cfg = RunConfig(
-        messages=3000, recv_delay=0.0, out=tmp_path, plot=False, netns=True, link_rate="20mbit"
+        messages=3000,
+        recv_delay=0.0,
+        out=tmp_path,
+        plot=False,
+        netns=True,
+        link_rate="20mbit",
+        timestamps=True,
     )
     result = run_experiment(cfg)
     assert result.complete, result.reason
@@ -180,6 +186,16 @@ def test_a_link_run_is_limited_by_the_link_and_leaves_nothing(tmp_path: Path) ->
     assert summary["limited_by"] == "link"
     assert run.consumed["intact"].all()
     assert len(run.consumed) == 3000
+    # Off loopback SCHED is asked for, and the tbf shows between it and SND: some skb
+    # waited in the qdisc at least one full packet's time at 20 Mbit/s (0.6 ms).
+    stamping = run.meta["sender"]["timestamping"]
+    assert stamping["sched_reason"] is None
+    assert stamping["last_acked_offset"] == 3000 * 1024 - 1
+    stamps = pd.read_csv(result.run_dir / TX_TIMESTAMPS.file)
+    first = stamps.groupby(["kind", "offset"])["t_ns"].min()
+    queued = (first.loc[0] - first.loc[1]).dropna()
+    assert len(queued) > 0
+    assert queued.max() >= 1500 * 8 / 20e6 * 1e9
 
 
 def test_a_failed_link_set_up_leaves_nothing(

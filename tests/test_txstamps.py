@@ -50,6 +50,23 @@ def stamped_pair() -> Iterator[socket.socket]:
         peer.close()
 
 
+@pytest.mark.parametrize(
+    ("host", "asked"),
+    [
+        ("127.0.0.1", False),
+        ("127.3.2.1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("10.200.0.2", True),
+        ("192.168.1.20", True),
+        ("fe80::1%veth0", True),
+        ("2001:db8::1", True),
+    ],
+)
+def test_sched_reports_are_asked_for_only_off_loopback(host: str, asked: bool) -> None:
+    assert (txstamps.sched_reason(host) is None) is asked
+
+
 def send_and_wait_for_acks(sock: socket.socket) -> None:
     sock.sendall(b"m" * SIZE * MESSAGES)
     wait_until(lambda: probes.queue_out(sock) == 0, TIMEOUT, "every byte ACKed")

@@ -462,8 +462,9 @@ def run_sender(
     block = FrameBlock(cfg.size, frames_per_block(cfg.size))
     sock, run_dir = open_connection(cfg, to, run_dir, result)
     # Asked for before the hello: the offsets then count from the stream's first byte.
+    no_sched = txstamps.sched_reason(sock.getpeername()[0])
     stamp_reason = (
-        txstamps.enable(sock)
+        txstamps.enable(sock, sched=no_sched is None)
         if cfg.timestamps
         else "not asked for (--timestamps; off by default: a timestamp wakes a blocked send())"
     )
@@ -487,6 +488,7 @@ def run_sender(
         early: EarlyClockAnswers | None = None
         if stamp_reason is None:
             stamp_reader = txstamps.TxStampProcess(sock, base=len(hello))
+            stamp_reader.sched_reason = no_sched
             stamp_reader.start()
         try:
             sock.sendall(hello)

@@ -4,7 +4,9 @@
 OPT_ID | OPT_TSONLY makes the kernel report, for the last skb of each ``send()``, three
 moments: *scheduled* (entered the qdisc), *sent* (handed to the device; on loopback the
 moment it leaves the send queue for the wire) and *ACKed* (the cumulative ACK covering
-its last byte arrived). Each report arrives on the socket's *error queue* with:
+its last byte arrived). To a peer on loopback, whose device has no qdisc, *scheduled*
+is not asked for: it would be *sent*'s moment (:func:`sched_reason`). Each report
+arrives on the socket's *error queue* with:
 
 - ``ee_info``: 0 SND, 1 SCHED, 2 ACK (the kind);
 - ``ee_data``: with OPT_ID on TCP, the byte offset of the skb's last byte counted from
@@ -42,6 +44,7 @@ thread reads the reports instead and ``reader`` in the record says so.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import select
@@ -58,7 +61,14 @@ from typing import Any
 
 from bufdemo import runformat
 
-__all__ = ["KINDS", "TxStampProcess", "TxStampReader", "disabled_record", "enable"]
+__all__ = [
+    "KINDS",
+    "TxStampProcess",
+    "TxStampReader",
+    "disabled_record",
+    "enable",
+    "sched_reason",
+]
 
 SO_TIMESTAMPING = 37  # SOL_SOCKET; not in Python's socket module
 SCM_TIMESTAMPING = SO_TIMESTAMPING
@@ -86,10 +96,38 @@ READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 
 
-def enable(sock: socket.socket) -> str | None:
-    """Ask for transmit timestamps on a connected TCP socket; None, or why not (one line)."""
+NO_QDISC = (
+    "not asked for: the peer is on loopback, whose device queues nothing (noqueue), so a "
+    "SCHED report would only come before SND by its own cost"
+)
+
+
+def sched_reason(peer_host: str) -> str | None:
+    """Why a connection to ``peer_host`` asks for no SCHED reports (None: it asks).
+
+    SCHED is stamped as a packet enters the device's queueing layer, SND as the device
+    takes it. ``lo`` has no queue (noqueue), so the two are one moment there, apart from
+    the cost of the SCHED report itself (waking the reader): every report is a further
+    allocation and error-queue entry in the send path, for each skb. A peer off loopback
+    (a veth with ``--link-rate``'s tbf, a real NIC's qdisc) keeps them. A qdisc put on
+    ``lo`` by hand is not looked for.
+    """
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, FLAGS)
+        ip = ipaddress.ip_address(peer_host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return NO_QDISC if ip.is_loopback else None
+
+
+def enable(sock: socket.socket, sched: bool = True) -> str | None:
+    """Ask for transmit timestamps on a connected TCP socket; None, or why not (one line).
+
+    ``sched``: ask for SCHED reports too (see :func:`sched_reason`).
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, FLAGS if sched else FLAGS & ~TX_SCHED)
     except OSError as exc:
         return f"SO_TIMESTAMPING refused by the kernel: {exc.strerror or exc}"
     return None
@@ -125,6 +163,7 @@ class TxStampReader:
         self._last = {k: -1 for k in KINDS}  # unwrapped raw offset per kind
         self.reader = "thread"  # where the reports are read: "thread" or "process"
         self.reader_error: str | None = None  # why the reader process was not used/failed
+        self.sched_reason: str | None = None  # why SCHED was not asked for (sched_reason)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bufdemo-txstamps", daemon=True)
 
@@ -211,6 +250,7 @@ class TxStampReader:
             "read_errors": self.errors,
             "reader": self.reader,
             "reader_error": self.reader_error,
+            "sched_reason": self.sched_reason,
         }
 
     def write(self, path: Path) -> None:
