@@ -197,14 +197,17 @@ def floor_sender(addr: tuple[str, int], n: int, size: int) -> float:
     return n / ((t1 - t0) / 1e9)
 
 
-def cli_sender(addr: tuple[str, int], n: int, size: int, out: Path, extra: Sequence[str]) -> float:
+def cli_sender(
+    addr: tuple[str, int], n: int, size: int, out: Path, extra: Sequence[str]
+) -> tuple[float, dict[str, Any]]:
+    """The rate from ``t_connected_ns`` to ``t_done_ns``, and the sender's record."""
     r = bufdemo(
         ["send", "--to", f"{addr[0]}:{addr[1]}", "-n", str(n), "--size", str(size), "--json",
          "--out", str(out), *extra]
     )  # fmt: skip
     if not r["complete"] or r["messages"] != n:
         raise SystemExit(f"bufdemo send did not complete: {r.get('error')}")
-    return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9)
+    return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9), r
 
 
 def sender(
@@ -219,12 +222,17 @@ def sender(
             print(f"sender on the CLI into a 1 MiB reader: {n:,} messages, {rounds} rounds")
             for size in SIZES:
                 rates: dict[str, list[float]] = {"bare": [], "floor": [], "cli": [], "witness": []}
+                reader_starts: list[float] = []  # --timestamps: the wait for its reader
                 for _ in range(rounds):
                     rates["bare"].append(bare_sender(addr, n, size))
                     rates["floor"].append(floor_sender(addr, n, size))
-                    rates["cli"].append(cli_sender(addr, n, size, out, ()))
+                    rates["cli"].append(cli_sender(addr, n, size, out, ())[0])
                     if witness:
-                        rates["witness"].append(cli_sender(addr, n, size, out, witness))
+                        rate, record = cli_sender(addr, n, size, out, witness)
+                        rates["witness"].append(rate)
+                        start_s = (record.get("timestamping") or {}).get("reader_start_s")
+                        if start_s is not None:
+                            reader_starts.append(start_s)
                 b, c = median(rates["bare"]), median(rates["cli"])
                 f = median(rates["floor"])
                 verdict = "meets" if c / b >= goal else "MISSES"
@@ -238,6 +246,8 @@ def sender(
                     w = median(rates["witness"]) / b
                     lost = (c / b - w) * 100
                     line += f"  with {shlex.join(witness)}: {w:.3f} ({lost:+.1f} points, goal <= 5)"
+                    if reader_starts:
+                        line += f", of it {median(reader_starts) * 1e3:.0f} ms starting the reader"
                 print(line)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import socket
@@ -11,12 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 import pytest
 
 from bufdemo import probes
-from bufdemo.experiment import txstamps
+from bufdemo.experiment import errqueue, txstamps
 from tests.procs import wait_until
 
 SIZE = 1024
@@ -67,6 +69,19 @@ def test_sched_reports_are_asked_for_only_off_loopback(host: str, asked: bool) -
     assert (txstamps.sched_reason(host) is None) is asked
 
 
+def test_the_reader_process_needs_the_standard_library_only() -> None:
+    """It runs as ``python -I -S errqueue.py FD``: no site-packages, no bufdemo."""
+    tree = ast.parse(Path(errqueue.__file__).read_text())
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    top = {name.split(".")[0] for name in imported}
+    assert top - {"__future__"} <= sys.stdlib_module_names, top - sys.stdlib_module_names
+
+
 def send_and_wait_for_acks(sock: socket.socket) -> None:
     sock.sendall(b"m" * SIZE * MESSAGES)
     wait_until(lambda: probes.queue_out(sock) == 0, TIMEOUT, "every byte ACKed")
@@ -83,6 +98,7 @@ def test_the_reader_process_hands_back_every_kind_up_to_the_last_byte() -> None:
         assert child.returncode == 0
     record = reader.record()
     assert (record["reader"], record["reader_error"], record["read_errors"]) == ("process", None, 0)
+    assert 0 < record["reader_start_s"] < txstamps.READY_TIMEOUT  # the wait it cost the sender
     assert record["last_acked_offset"] == SIZE * MESSAGES - 1
     assert all(record["notifications"][kind] > 0 for kind in ("SND", "SCHED", "ACK"))
     assert len(reader.kind) == len(reader.offset) == len(reader.t_ns)

@@ -28,38 +28,36 @@ socket's receive buffer; reports that do not fit are dropped. A reader polls the
 descriptor for POLLERR and drains it with ``recvmsg(MSG_ERRQUEUE | MSG_DONTWAIT)``, then
 sleeps :data:`BATCH_SLEEP`, so that it wakes a thousand times a second at most.
 
-:class:`TxStampProcess` does that in a child process (``python -m
-bufdemo.experiment.txstamps FD``) that shares the socket's descriptor, and hands the
-rows back when asked to stop. A reader *thread* in the sender's process
-(:class:`TxStampReader`) costs the send loop far more than the reports cost the kernel:
-every ``recvmsg`` releases and retakes the GIL, once per report, and each time the
-busy send loop has to hand it over. ``python -m bench.floor --pin``: ``os.write`` at
-1.075 / 1.085 of bare (64 B / 1 KiB), with the flags set and the reports left queued
-0.954 / 1.021, with the thread draining them 0.533 / 0.567. The child starts before
-the data (it says when it is ready: ~0.1 s), stops when its stdin closes (on
-:meth:`~TxStampProcess.stop`, or with the sender however it ends), and is stopped
-before the socket is closed (it holds the descriptor too). If it cannot start, the
-thread reads the reports instead and ``reader`` in the record says so.
+:class:`TxStampProcess` does that in a child process (``python -I -S errqueue.py FD``,
+:mod:`bufdemo.experiment.errqueue`: the standard library only, so it starts in ~30 ms)
+that shares the socket's descriptor, and hands the rows back when asked to stop. A
+reader *thread* in the sender's process (:class:`TxStampReader`) costs the send loop far
+more than the reports cost the kernel: every ``recvmsg`` releases and retakes the GIL,
+once per report, and each time the busy send loop has to hand it over. ``python -m
+bench.floor --pin``, all three kinds asked for: ``os.write`` at 1.075 / 1.085 of bare
+(64 B / 1 KiB), with the flags set and the reports left queued 0.954 / 1.021, with the
+thread draining them 0.533 / 0.567. The child starts before the data (it says when it is
+ready), stops when its stdin closes (on :meth:`~TxStampProcess.stop`, or with the sender
+however it ends), and is stopped before the socket is closed (it holds the descriptor
+too). If it cannot start, the thread reads the reports instead and ``reader`` in the
+record says so.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import select
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from array import array
 from pathlib import Path
 from typing import Any
 
 from bufdemo import runformat
+from bufdemo.experiment import errqueue
 
 __all__ = [
     "KINDS",
@@ -70,8 +68,7 @@ __all__ = [
     "sched_reason",
 ]
 
-SO_TIMESTAMPING = 37  # SOL_SOCKET; not in Python's socket module
-SCM_TIMESTAMPING = SO_TIMESTAMPING
+SO_TIMESTAMPING = errqueue.SO_TIMESTAMPING
 # SOF_TIMESTAMPING_* (include/uapi/linux/net_tstamp.h)
 TX_SOFTWARE = 1 << 1
 SOFTWARE = 1 << 4
@@ -80,17 +77,10 @@ TX_SCHED = 1 << 8
 TX_ACK = 1 << 9
 OPT_TSONLY = 1 << 11
 FLAGS = TX_SCHED | TX_SOFTWARE | TX_ACK | SOFTWARE | OPT_ID | OPT_TSONLY
-KINDS = {0: "SND", 1: "SCHED", 2: "ACK"}  # ee_info -> name (SCM_TSTAMP_*)
-IP_RECVERR, IPV6_RECVERR = 11, 25  # the cmsg types that carry sock_extended_err
-# Ancillary buffer per report: scm_timestamping (3 x 16 B) + sock_extended_err with its
-# offender address, each with a cmsg header; 512 B holds both with room.
-ANC_SIZE = 512
-# Sleep after each drain: at most ~1,000 wake-ups a second. The fastest phase (the
-# fill, ~300 MB/s on loopback in 64 KiB skbs) makes ~15 reports a millisecond, far
-# below what the default receive buffer's error queue holds (hundreds).
-BATCH_SLEEP = 0.001
+KINDS = errqueue.KINDS
+BATCH_SLEEP = errqueue.BATCH_SLEEP
 POLL_MS = 50  # how often the thread checks whether it was asked to stop
-# The reader process: how long it may take to start (an interpreter and two modules),
+# The reader process: how long it may take to start (an interpreter, no site, errqueue),
 # and to hand its rows back once asked to stop (a final drain and one write).
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
@@ -133,15 +123,7 @@ def enable(sock: socket.socket, sched: bool = True) -> str | None:
     return None
 
 
-def _clock_offset_ns() -> int:
-    """CLOCK_REALTIME - CLOCK_MONOTONIC, read between two monotonic reads."""
-    a = time.perf_counter_ns()
-    real = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    b = time.perf_counter_ns()
-    return real - (a + b) // 2
-
-
-class TxStampReader:
+class TxStampReader(errqueue.Reports):
     """A thread that drains the error queue into growing columns (kind, offset, t_ns).
 
     ``base`` is the stream offset of the first message byte (the hello's length, plus
@@ -149,20 +131,14 @@ class TxStampReader:
     """
 
     def __init__(self, sock: socket.socket, base: int) -> None:
-        self.sock = sock
+        super().__init__(sock)
         self.base = base
         # Bytes of messages the sender wrote, once known: reports past them are of the
         # clock frames a by-hand sender writes after the data.
         self.data_bytes: int | None = None
-        self.kind = array("b")
-        self.offset = array("q")
-        self.t_ns = array("q")  # CLOCK_MONOTONIC
-        self.offset_ns = _clock_offset_ns()
-        self.drift_ns: int | None = None
-        self.errors = 0
-        self._last = {k: -1 for k in KINDS}  # unwrapped raw offset per kind
         self.reader = "thread"  # where the reports are read: "thread" or "process"
         self.reader_error: str | None = None  # why the reader process was not used/failed
+        self.start_s: float | None = None  # how long start() took (the process's start-up)
         self.sched_reason: str | None = None  # why SCHED was not asked for (sched_reason)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bufdemo-txstamps", daemon=True)
@@ -176,7 +152,7 @@ class TxStampReader:
         if self._thread.is_alive():
             self._thread.join()
         self.drain()
-        self.drift_ns = _clock_offset_ns() - self.offset_ns
+        self.drift_ns = errqueue.clock_offset_ns() - self.offset_ns
 
     def _loop(self) -> None:
         poller = select.poll()
@@ -189,48 +165,6 @@ class TxStampReader:
             except OSError:
                 self.errors += 1
                 return
-
-    def drain(self) -> int:
-        """Read every report queued now; return how many."""
-        n = 0
-        recvmsg = self.sock.recvmsg
-        flags = socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
-        while True:
-            try:
-                _, ancdata, _, _ = recvmsg(0, ANC_SIZE, flags)
-            except (BlockingIOError, InterruptedError):
-                return n
-            except OSError:
-                self.errors += 1
-                return n
-            stamp: int | None = None
-            kind = offset = -1
-            for level, ctype, data in ancdata:
-                if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPING and len(data) >= 16:
-                    sec, nsec = struct.unpack_from("qq", data, 0)  # ts[0]: software
-                    stamp = sec * 1_000_000_000 + nsec
-                elif ctype in (IP_RECVERR, IPV6_RECVERR) and len(data) >= 16:
-                    kind, offset = struct.unpack_from("II", data, 8)  # ee_info, ee_data
-            if stamp is None or kind not in KINDS:
-                continue
-            self._append(kind, offset, stamp)
-            n += 1
-
-    def _append(self, kind: int, raw: int, real_ns: int) -> None:
-        last = self._last[kind]
-        if last >= 0:  # unwrap the 32-bit offset: this kind's offsets only grow
-            full = (last & ~0xFFFFFFFF) | raw
-            if full < last - (1 << 31):
-                full += 1 << 32
-        else:
-            full = raw
-        self._last[kind] = full
-        self.kind.append(kind)
-        self.offset.append(full)  # the stream's offset: ``base`` is subtracted on output
-        self.t_ns.append(real_ns - self.offset_ns)
-
-    def counts(self) -> dict[str, int]:
-        return {name: self.kind.count(k) for k, name in KINDS.items()}
 
     def record(self) -> dict[str, Any]:
         """The sender's ``timestamping`` record in meta.json."""
@@ -251,6 +185,7 @@ class TxStampReader:
             "reader": self.reader,
             "reader_error": self.reader_error,
             "sched_reason": self.sched_reason,
+            "reader_start_s": self.start_s,
         }
 
     def write(self, path: Path) -> None:
@@ -279,10 +214,17 @@ class TxStampProcess(TxStampReader):
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._start_process()
+        finally:
+            self.start_s = time.perf_counter() - t0
+
+    def _start_process(self) -> None:
         fd = self.sock.fileno()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(fd)],
+                [sys.executable, "-I", "-S", errqueue.__file__, str(fd)],
                 pass_fds=(fd,),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -327,19 +269,19 @@ class TxStampProcess(TxStampReader):
             )
 
     def _take(self, out: bytes) -> None:
-        """The child's rows: a JSON line, then its kind, offset and t_ns columns."""
+        """The child's rows: a line of rows, offset_ns, drift_ns and errors (integers),
+        then its kind, offset and t_ns columns."""
         head, _, body = out.partition(b"\n")
-        meta = json.loads(head)
-        n = int(meta["rows"])
+        n, offset_ns, drift_ns, errors = map(int, head.split())
         sizes = (n, 8 * n, 8 * n)
         if len(body) != sum(sizes):
             raise ValueError(f"{len(body)} bytes of rows for {n} reports")
         self.kind.frombytes(body[:n])
         self.offset.frombytes(body[n : 9 * n])
         self.t_ns.frombytes(body[9 * n :])
-        self.offset_ns = int(meta["offset_ns"])
-        self.drift_ns = meta["drift_ns"]
-        self.errors += int(meta["errors"])
+        self.offset_ns = offset_ns
+        self.drift_ns = drift_ns
+        self.errors += errors
 
 
 def _last_line(err: bytes) -> str:
@@ -347,53 +289,6 @@ def _last_line(err: bytes) -> str:
     return lines[-1] if lines else "no message"
 
 
-def _child(fd: int) -> None:
-    """The reader process: drain ``fd``'s error queue until stdin closes, then hand back.
-
-    Its stdin is a pipe from the sender, closed by :meth:`TxStampProcess.stop` or by
-    the sender's death, however it dies. That is its only way to stop: a Ctrl-C (sent to
-    the whole process group) or a SIGTERM is the sender's to handle, and the sender then
-    collects the rows recorded so far, as it keeps its own tables.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    reader = TxStampReader(sock, 0)
-    poller = select.poll()
-    poller.register(fd, select.POLLERR)
-    poller.register(sys.stdin.fileno(), select.POLLIN)
-    out = sys.stdout.buffer
-    out.write(b"ready\n")
-    out.flush()
-    stdin = sys.stdin.fileno()
-    try:
-        while not any(f == stdin for f, _ in poller.poll()):
-            reader.drain()
-            time.sleep(BATCH_SLEEP)
-        reader.drain()
-    except OSError:
-        reader.errors += 1
-    reader.drift_ns = _clock_offset_ns() - reader.offset_ns
-    meta = {
-        "rows": len(reader.kind),
-        "offset_ns": reader.offset_ns,
-        "drift_ns": reader.drift_ns,
-        "errors": reader.errors,
-    }
-    sock.detach()  # the parent's socket: closing it is the parent's business
-    try:
-        out.write(json.dumps(meta).encode() + b"\n")
-        for column in (reader.kind, reader.offset, reader.t_ns):
-            out.write(column.tobytes())
-        out.flush()
-    except BrokenPipeError:  # the sender died: nobody to hand the rows to
-        os._exit(0)
-
-
 def disabled_record(reason: str) -> dict[str, Any]:
     """The ``timestamping`` record of a run without transmit timestamps."""
     return {"enabled": False, "reason": reason, "notifications": None}
-
-
-if __name__ == "__main__":
-    _child(int(sys.argv[1]))
