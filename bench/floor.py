@@ -25,7 +25,9 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
   ``bench.cli``;
 - ``run_sender+clock``: the same with the clock frames of a by-hand ``bufdemo send``,
   whose answers a thread waits for (this reader never answers: the thread lives through
-  the run, as in ``bench.cli``'s sender figure).
+  the run, as in ``bench.cli``'s sender figure);
+- ``run_sender/1s``: ``run_sender`` sampling every second instead of every millisecond
+  (what the inline samples cost it).
 
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
@@ -60,7 +62,7 @@ from pathlib import Path
 
 from bench.common import drain_receiver, median, recording_floor
 from bufdemo.experiment import txstamps
-from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.config import DEFAULT_SAMPLE_INTERVAL, RunConfig
 from bufdemo.experiment.recorder import BlockingLog, SendLog
 from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
 from bufdemo.experiment.wire import FrameBlock
@@ -145,11 +147,13 @@ def parked(inner: Variant) -> Variant:
     return variant
 
 
-def whole_sender(out: Path, clock_sync: bool = False) -> Variant:
+def whole_sender(
+    out: Path, clock_sync: bool = False, sample_interval: float = DEFAULT_SAMPLE_INTERVAL
+) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         result = SenderResult()
         run_dir = Path(tempfile.mkdtemp(dir=out))
-        cfg = RunConfig(messages=n, size=size, out=out)
+        cfg = RunConfig(messages=n, size=size, out=out, sample_interval=sample_interval)
         run_sender(cfg, Address(*addr), run_dir, None, result, clock_sync=clock_sync)
         if result.t_done_ns is None or result.t_connected_ns is None:
             raise SystemExit(f"run_sender did not finish: {result.error}")
@@ -170,6 +174,7 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     variants["loop+parked"] = parked(loop(1024))
     variants["run_sender"] = whole_sender(out)
     variants["run_sender+clock"] = whole_sender(out, clock_sync=True)
+    variants["run_sender/1s"] = whole_sender(out, sample_interval=1.0)
     return variants
 
 
