@@ -10,8 +10,8 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
 - ``write+ts``: ``write`` on a socket with ``--timestamps``' SO_TIMESTAMPING flags on
   loopback (SND and ACK), the reports left in the error queue (what the kernel's
   timestamping costs the sender);
-- ``write+ts+sched``: the same with SCHED reports too, as ``--timestamps`` asks off
-  loopback (``txstamps.sched_reason``);
+- ``write+ts+sched``: the same with SCHED reports too, as ``--timestamps`` asks when
+  the connection does not go through ``lo`` (``txstamps.sched_reason``);
 - ``write+ts+thread``: the same with a reader thread draining them in this process
   (``txstamps.TxStampReader``, what ``--timestamps`` used to do);
 - ``write+ts+process``: the same with the reader process ``bufdemo send --timestamps``

@@ -39,8 +39,10 @@ def test_the_api_reads_as_documented() -> None:
 
 
 def test_importing_the_package_leaves_the_heavy_parts_for_later() -> None:
-    """Every process bufdemo starts imports the package first: the orchestration, the
-    analysis stack and the experiment's configuration load only when used."""
+    """Every process bufdemo starts imports the package first (but the transmit
+    timestamps' reader, which is the standard library only: test_txstamps): the
+    orchestration, the analysis stack and the experiment's configuration load only
+    when used."""
     code = (
         "import sys, bufdemo.experiment.txstamps; "
         "print(*sorted(m for m in sys.modules if m.startswith(('bufdemo', 'pandas', 'numpy'))))"

@@ -19,6 +19,9 @@ import pytest
 
 from bufdemo import probes
 from bufdemo.experiment import errqueue, txstamps
+from bufdemo.experiment.config import RunConfig
+from bufdemo.experiment.sender import SenderResult, run_sender
+from bufdemo.net import Address
 from tests.procs import wait_until
 
 SIZE = 1024
@@ -69,6 +72,38 @@ def test_sched_reports_are_asked_for_only_off_loopback(host: str, asked: bool) -
     assert (txstamps.sched_reason(host) is None) is asked
 
 
+def test_a_peer_at_this_hosts_own_address_goes_through_lo_too() -> None:
+    assert txstamps.sched_reason("10.0.0.5", "10.0.0.5") == txstamps.NO_QDISC
+    assert txstamps.sched_reason("::ffff:10.0.0.5", "10.0.0.5") == txstamps.NO_QDISC
+    assert txstamps.sched_reason("10.0.0.5", "10.0.0.6") is None
+    assert txstamps.sched_reason("example.org") is None  # not an address: asked
+
+
+def _own_address() -> str | None:
+    """This host's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+        except OSError:
+            return None
+        host: str = probe.getsockname()[0]
+    return None if host.startswith("127.") else host
+
+
+@pytest.mark.parametrize("where", ["loopback", "own address"])
+def test_a_connection_on_this_host_asks_for_no_sched(where: str) -> None:
+    host = "127.0.0.1" if where == "loopback" else _own_address()
+    if host is None:
+        pytest.skip("this host has no address off loopback")
+    with (
+        socket.create_server((host, 0)) as listener,
+        socket.create_connection(listener.getsockname()) as sock,
+    ):
+        assert txstamps.sched_reason_of(sock) == txstamps.NO_QDISC
+    with socket.socket() as unconnected:  # no peer to tell by: ask
+        assert txstamps.sched_reason_of(unconnected) is None
+
+
 def test_the_reader_process_needs_the_standard_library_only() -> None:
     """It runs as ``python -I -S errqueue.py FD``: no site-packages, no bufdemo."""
     tree = ast.parse(Path(errqueue.__file__).read_text())
@@ -80,6 +115,43 @@ def test_the_reader_process_needs_the_standard_library_only() -> None:
     }
     top = {name.split(".")[0] for name in imported}
     assert top - {"__future__"} <= sys.stdlib_module_names, top - sys.stdlib_module_names
+
+
+@pytest.mark.parametrize("through_lo", [True, False])
+def test_the_sender_asks_for_sched_as_the_route_decides(
+    through_lo: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole sender on loopback; off it (what a --netns link is), told so by
+    ``sched_reason_of``: SCHED reports are then asked for, read and recorded."""
+    if not through_lo:
+        monkeypatch.setattr(txstamps, "sched_reason_of", lambda sock: None)
+    cfg = RunConfig(messages=MESSAGES, size=SIZE, timestamps=True, out=tmp_path)
+    result = SenderResult()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def read_all() -> None:
+            peer, _ = listener.accept()
+            with peer:
+                while peer.recv(1 << 20):
+                    pass
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        run_sender(cfg, Address(*listener.getsockname()), tmp_path, None, result)
+        reader.join(TIMEOUT)
+    assert result.complete, result.error
+    record = result.timestamping
+    assert record is not None
+    if not record["enabled"]:
+        pytest.skip(f"no transmit timestamps here: {record['reason']}")
+    assert record["last_acked_offset"] == SIZE * MESSAGES - 1
+    assert record["notifications"]["SND"] > 0
+    if through_lo:
+        assert record["sched_reason"] == txstamps.NO_QDISC
+        assert record["notifications"]["SCHED"] == 0
+    else:
+        assert record["sched_reason"] is None
+        assert record["notifications"]["SCHED"] > 0
 
 
 def send_and_wait_for_acks(sock: socket.socket) -> None:
@@ -99,6 +171,10 @@ def test_the_reader_process_hands_back_every_kind_up_to_the_last_byte() -> None:
     record = reader.record()
     assert (record["reader"], record["reader_error"], record["read_errors"]) == ("process", None, 0)
     assert 0 < record["reader_start_s"] < txstamps.READY_TIMEOUT  # the wait it cost the sender
+    # The standard library only, without site-packages: it starts in a fraction of the
+    # time importing the package takes (test_the_reader_process_needs_the_standard...).
+    assert isinstance(child.args, list)
+    assert child.args[1:4] == ["-I", "-S", errqueue.__file__]
     assert record["last_acked_offset"] == SIZE * MESSAGES - 1
     assert all(record["notifications"][kind] > 0 for kind in ("SND", "SCHED", "ACK"))
     assert len(reader.kind) == len(reader.offset) == len(reader.t_ns)

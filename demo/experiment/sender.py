@@ -462,7 +462,7 @@ def run_sender(
     block = FrameBlock(cfg.size, frames_per_block(cfg.size))
     sock, run_dir = open_connection(cfg, to, run_dir, result)
     # Asked for before the hello: the offsets then count from the stream's first byte.
-    no_sched = txstamps.sched_reason(sock.getpeername()[0])
+    no_sched = txstamps.sched_reason_of(sock) if cfg.timestamps else None
     stamp_reason = (
         txstamps.enable(sock, sched=no_sched is None)
         if cfg.timestamps

@@ -34,8 +34,9 @@ that shares the socket's descriptor, and hands the rows back when asked to stop.
 reader *thread* in the sender's process (:class:`TxStampReader`) costs the send loop far
 more than the reports cost the kernel: every ``recvmsg`` releases and retakes the GIL,
 once per report, and each time the busy send loop has to hand it over. ``python -m
-bench.floor --pin``, all three kinds asked for: ``os.write`` at 1.075 / 1.085 of bare
-(64 B / 1 KiB), with the flags set and the reports left queued 0.954 / 1.021, with the
+bench.floor --pin``, all three kinds asked for (the reports then measured by
+``write+ts`` are today's ``write+ts+sched``): ``os.write`` at 1.075 / 1.085 of bare (64
+B / 1 KiB), with the flags set and the reports left queued 0.954 / 1.021, with the
 thread draining them 0.533 / 0.567. The child starts before the data (it says when it is
 ready), stops when its stdin closes (on :meth:`~TxStampProcess.stop`, or with the sender
 however it ends), and is stopped before the socket is closed (it holds the descriptor
@@ -66,6 +67,7 @@ __all__ = [
     "disabled_record",
     "enable",
     "sched_reason",
+    "sched_reason_of",
 ]
 
 SO_TIMESTAMPING = errqueue.SO_TIMESTAMPING
@@ -87,28 +89,49 @@ STOP_TIMEOUT = 30.0
 
 
 NO_QDISC = (
-    "not asked for: the peer is on loopback, whose device queues nothing (noqueue), so a "
-    "SCHED report would only come before SND by its own cost"
+    "not asked for: the peer is on this host, reached through lo, which queues nothing "
+    "(noqueue), so a SCHED report would only come before SND by its own cost"
 )
 
 
-def sched_reason(peer_host: str) -> str | None:
+def sched_reason(peer_host: str, local_host: str | None = None) -> str | None:
     """Why a connection to ``peer_host`` asks for no SCHED reports (None: it asks).
 
     SCHED is stamped as a packet enters the device's queueing layer, SND as the device
     takes it. ``lo`` has no queue (noqueue), so the two are one moment there, apart from
-    the cost of the SCHED report itself (waking the reader): every report is a further
-    allocation and error-queue entry in the send path, for each skb. A peer off loopback
-    (a veth with ``--link-rate``'s tbf, a real NIC's qdisc) keeps them. A qdisc put on
-    ``lo`` by hand is not looked for.
+    the cost of the SCHED report itself: every report is a further allocation and
+    error-queue entry in the send path, for each skb. A connection goes through ``lo``
+    when the peer is a loopback address, or this host's own address (then the local
+    address is the peer's: ``local_host``). Any other peer keeps SCHED: a veth with
+    ``--link-rate``'s tbf, a real NIC's qdisc. Two cases still ask for SCHED where it
+    equals SND: a ``--netns`` link without ``--link-rate`` (a veth queues nothing
+    either), and a qdisc put on ``lo`` by hand is not looked for.
     """
+    peer = _ip(peer_host)
+    if peer is None:
+        return None
+    if peer.is_loopback or (local_host is not None and _ip(local_host) == peer):
+        return NO_QDISC
+    return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address (IPv4-mapped IPv6 as IPv4, a scope id dropped), or None."""
     try:
-        ip = ipaddress.ip_address(peer_host.split("%", 1)[0])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return NO_QDISC if ip.is_loopback else None
+        return ip.ipv4_mapped
+    return ip
+
+
+def sched_reason_of(sock: socket.socket) -> str | None:
+    """:func:`sched_reason` for a connected socket (None if it cannot tell: SCHED asked)."""
+    try:
+        return sched_reason(sock.getpeername()[0], sock.getsockname()[0])
+    except OSError:  # reset already: the first send will say so
+        return None
 
 
 def enable(sock: socket.socket, sched: bool = True) -> str | None:
@@ -261,11 +284,11 @@ class TxStampProcess(TxStampReader):
             out, err = proc.communicate()
         try:
             self._take(out)
-        except (ValueError, KeyError) as exc:
+        except ValueError as exc:
             self.errors += 1
             self.reader_error = (
                 f"the reader process exited with {proc.returncode} and its reports are lost: "
-                f"{_last_line(err) or exc}"
+                f"{_last_line(err) if err.strip() else exc}"
             )
 
     def _take(self, out: bytes) -> None:
