@@ -27,7 +27,12 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
   whose answers a thread waits for (this reader never answers: the thread lives through
   the run, as in ``bench.cli``'s sender figure);
 - ``run_sender/1s``: ``run_sender`` sampling every second instead of every millisecond
-  (what the inline samples cost it).
+  (what the inline samples cost it);
+- ``asyncio``: the sender of ``bufdemo send --mode asyncio`` (``write()`` and
+  ``drain()`` per message), its rate as ``run_sender``'s;
+- ``asyncio/no-transport-samples``: the same without its transport sampler's thread (the
+  transport's buffer, the send queue and RSS every 1 ms): what the asyncio modes'
+  sampling costs the sender.
 
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
@@ -62,7 +67,8 @@ from pathlib import Path
 
 from bench.common import drain_receiver, median, recording_floor
 from bufdemo.experiment import txstamps
-from bufdemo.experiment.config import DEFAULT_SAMPLE_INTERVAL, RunConfig
+from bufdemo.experiment.asyncio_sender import run_asyncio_sender
+from bufdemo.experiment.config import DEFAULT_SAMPLE_INTERVAL, Mode, RunConfig
 from bufdemo.experiment.recorder import BlockingLog, SendLog
 from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
 from bufdemo.experiment.wire import FrameBlock
@@ -162,6 +168,21 @@ def whole_sender(
     return variant
 
 
+def asyncio_sender(out: Path, sample_transport: bool) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        result = SenderResult()
+        run_dir = Path(tempfile.mkdtemp(dir=out))
+        cfg = RunConfig(messages=n, size=size, out=out, mode=Mode.ASYNCIO)
+        run_asyncio_sender(
+            cfg, Address(*addr), run_dir, None, result, sample_transport=sample_transport
+        )
+        if result.t_done_ns is None or result.t_connected_ns is None:
+            raise SystemExit(f"run_asyncio_sender did not finish: {result.error}")
+        return n / ((result.t_done_ns - result.t_connected_ns) / 1e9)
+
+    return variant
+
+
 def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     variants: dict[str, Variant] = {"bare": bare, "write": write, "floor": floor}
     variants |= {
@@ -175,6 +196,8 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     variants["run_sender"] = whole_sender(out)
     variants["run_sender+clock"] = whole_sender(out, clock_sync=True)
     variants["run_sender/1s"] = whole_sender(out, sample_interval=1.0)
+    variants["asyncio"] = asyncio_sender(out, sample_transport=True)
+    variants["asyncio/no-transport-samples"] = asyncio_sender(out, sample_transport=False)
     return variants
 
 

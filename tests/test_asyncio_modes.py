@@ -7,6 +7,7 @@ does for the blocking mode.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -14,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bufdemo import analysis, runformat
 from bufdemo.analysis.userbuffer import transport_samples, user_buffer, user_buffer_notes
 from bufdemo.errors import ConfigError
+from bufdemo.experiment.asyncio_sender import STATM, rss_reader
 from bufdemo.experiment.config import Mode, RunConfig, parse_write_buffer_limits
 from tests.procs import (
     Bufdemo,
@@ -32,6 +35,31 @@ from tests.procs import (
 from tests.synthetic import write_run
 
 SIZE = 1024
+
+
+# -- the RSS the transport sampler reads --------------------------------------------------
+
+
+def test_rss_is_psutils_figure_follows_an_allocation_and_closes_its_file() -> None:
+    """The statm reader keeps its descriptor open; psutil opens the same file each time."""
+    if not Path(STATM).exists():
+        pytest.skip(f"no {STATM} here: psutil reads the RSS")
+    me = psutil.Process()
+    fds = me.num_fds()
+    read, missing = rss_reader()
+    assert missing is None
+    assert me.num_fds() == fds + 1
+    before = read()
+    assert before is not None
+    assert abs(before - me.memory_info().rss) < 1 << 20  # the same pages, read apart
+    block = b"\x01" * (64 << 20)  # every byte written, so every page resident
+    grown = read()
+    assert grown is not None
+    assert grown - before >= 60 << 20
+    del block
+    del read
+    gc.collect()
+    assert me.num_fds() == fds
 
 
 # -- the option (pure) -------------------------------------------------------------------
