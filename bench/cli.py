@@ -15,7 +15,8 @@ drift on a shared machine hits both alike; medians are compared.
   loop into the same reader, from connect to the last send. In the same rounds, the
   recording floor: ``os.write``, a check, a clock read appended to a list per message
   (the least any loop that records every send does), so each run also says how much of
-  the gap is recording itself and how much is bufdemo's.
+  the gap is recording itself and how much is bufdemo's; and the time from the
+  connection to the first send (sends.csv), the fixed cost inside the span.
 - **startup** (goal 5): `bufdemo run --recv-delay 0` with its plot, from launching the
   command to the sender's connection (``t0_ns``: the first message follows at once),
   and from the receiver's last message (``t_done_ns``) to timeline.png written (the
@@ -210,6 +211,14 @@ def cli_sender(
     return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9), r
 
 
+def to_first_send_s(record: dict[str, Any]) -> float:
+    """From the connection to the first message handed to the kernel (sends.csv's first
+    ``t_ns``): the fixed cost inside the measured span."""
+    with (Path(record["run_dir"]) / "sends.csv").open() as f:
+        header, first = f.readline().rstrip("\n").split(","), f.readline().split(",")
+    return (int(first[header.index("t_ns")]) - int(record["t_connected_ns"])) / 1e9
+
+
 def sender(
     counts: Sequence[int], rounds: int, out: Path, witness: Sequence[str], pin: bool = False
 ) -> None:
@@ -223,10 +232,13 @@ def sender(
             for size in SIZES:
                 rates: dict[str, list[float]] = {"bare": [], "floor": [], "cli": [], "witness": []}
                 reader_starts: list[float] = []  # --timestamps: the wait for its reader
+                to_first: list[float] = []
                 for _ in range(rounds):
                     rates["bare"].append(bare_sender(addr, n, size))
                     rates["floor"].append(floor_sender(addr, n, size))
-                    rates["cli"].append(cli_sender(addr, n, size, out, ())[0])
+                    rate, record = cli_sender(addr, n, size, out, ())
+                    rates["cli"].append(rate)
+                    to_first.append(to_first_send_s(record))
                     if witness:
                         rate, record = cli_sender(addr, n, size, out, witness)
                         rates["witness"].append(rate)
@@ -240,7 +252,8 @@ def sender(
                     f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
                     f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]  "
-                    f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it"
+                    f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it  "
+                    f"connect -> first send {median(to_first) * 1e3:.1f} ms"
                 )
                 if witness:
                     w = median(rates["witness"]) / b

@@ -64,11 +64,12 @@ import time
 from array import array
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import drain_receiver, median, recording_floor
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.asyncio_sender import run_asyncio_sender
-from bufdemo.experiment.config import DEFAULT_SAMPLE_INTERVAL, Mode, RunConfig
+from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.recorder import BlockingLog, SendLog
 from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
 from bufdemo.experiment.wire import FrameBlock
@@ -153,31 +154,33 @@ def parked(inner: Variant) -> Variant:
     return variant
 
 
-def whole_sender(
-    out: Path, clock_sync: bool = False, sample_interval: float = DEFAULT_SAMPLE_INTERVAL
-) -> Variant:
+# One whole sender: given its configuration, where to connect, its run directory and the
+# result to fill (bufdemo's run_sender or run_asyncio_sender, with their options bound).
+SenderRun = Callable[[RunConfig, Address, Path, SenderResult], object]
+
+
+def blocking_sender(clock_sync: bool = False) -> SenderRun:
+    return lambda cfg, to, run_dir, result: run_sender(
+        cfg, to, run_dir, None, result, clock_sync=clock_sync
+    )
+
+
+def asyncio_sender(sample_transport: bool = True) -> SenderRun:
+    return lambda cfg, to, run_dir, result: run_asyncio_sender(
+        cfg, to, run_dir, None, result, sample_transport=sample_transport
+    )
+
+
+def whole_sender(out: Path, run: SenderRun, **settings: Any) -> Variant:
+    """A whole sender's rate from ``t_connected_ns`` to ``t_done_ns``, as in bench.cli;
+    ``settings`` are RunConfig's (``sample_interval``, ``mode``)."""
+
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         result = SenderResult()
-        run_dir = Path(tempfile.mkdtemp(dir=out))
-        cfg = RunConfig(messages=n, size=size, out=out, sample_interval=sample_interval)
-        run_sender(cfg, Address(*addr), run_dir, None, result, clock_sync=clock_sync)
+        cfg = RunConfig(messages=n, size=size, out=out, **settings)
+        run(cfg, Address(*addr), Path(tempfile.mkdtemp(dir=out)), result)
         if result.t_done_ns is None or result.t_connected_ns is None:
-            raise SystemExit(f"run_sender did not finish: {result.error}")
-        return n / ((result.t_done_ns - result.t_connected_ns) / 1e9)
-
-    return variant
-
-
-def asyncio_sender(out: Path, sample_transport: bool) -> Variant:
-    def variant(addr: tuple[str, int], n: int, size: int) -> float:
-        result = SenderResult()
-        run_dir = Path(tempfile.mkdtemp(dir=out))
-        cfg = RunConfig(messages=n, size=size, out=out, mode=Mode.ASYNCIO)
-        run_asyncio_sender(
-            cfg, Address(*addr), run_dir, None, result, sample_transport=sample_transport
-        )
-        if result.t_done_ns is None or result.t_connected_ns is None:
-            raise SystemExit(f"run_asyncio_sender did not finish: {result.error}")
+            raise SystemExit(f"the sender did not finish: {result.error}")
         return n / ((result.t_done_ns - result.t_connected_ns) / 1e9)
 
     return variant
@@ -193,11 +196,14 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     }
     variants |= {f"loop-{b}": loop(b) for b in blocks}
     variants["loop+parked"] = parked(loop(1024))
-    variants["run_sender"] = whole_sender(out)
-    variants["run_sender+clock"] = whole_sender(out, clock_sync=True)
-    variants["run_sender/1s"] = whole_sender(out, sample_interval=1.0)
-    variants["asyncio"] = asyncio_sender(out, sample_transport=True)
-    variants["asyncio/no-transport-samples"] = asyncio_sender(out, sample_transport=False)
+    variants["run_sender"] = whole_sender(out, blocking_sender())
+    variants["run_sender+clock"] = whole_sender(out, blocking_sender(clock_sync=True))
+    variants["run_sender/1s"] = whole_sender(out, blocking_sender(), sample_interval=1.0)
+    asyncio_mode = {"mode": Mode.ASYNCIO}
+    variants["asyncio"] = whole_sender(out, asyncio_sender(), **asyncio_mode)
+    variants["asyncio/no-transport-samples"] = whole_sender(
+        out, asyncio_sender(sample_transport=False), **asyncio_mode
+    )
     return variants
 
 

@@ -487,8 +487,7 @@ def run_sender(
         hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
         early: EarlyClockAnswers | None = None
         if stamp_reason is None:
-            stamp_reader = txstamps.TxStampProcess(sock, base=len(hello))
-            stamp_reader.sched_reason = no_sched
+            stamp_reader = txstamps.TxStampProcess(sock, len(hello), no_sched)
             stamp_reader.start()
         try:
             sock.sendall(hello)

@@ -4,9 +4,9 @@
 OPT_ID | OPT_TSONLY makes the kernel report, for the last skb of each ``send()``, three
 moments: *scheduled* (entered the qdisc), *sent* (handed to the device; on loopback the
 moment it leaves the send queue for the wire) and *ACKed* (the cumulative ACK covering
-its last byte arrived). To a peer on loopback, whose device has no qdisc, *scheduled*
-is not asked for: it would be *sent*'s moment (:func:`sched_reason`). Each report
-arrives on the socket's *error queue* with:
+its last byte arrived). On a connection through ``lo`` (a peer on this host), whose
+device has no qdisc, *scheduled* is not asked for: it would be *sent*'s moment
+(:func:`sched_reason`). Each report arrives on the socket's *error queue* with:
 
 - ``ee_info``: 0 SND, 1 SCHED, 2 ACK (the kind);
 - ``ee_data``: with OPT_ID on TCP, the byte offset of the skb's last byte counted from
@@ -151,9 +151,11 @@ class TxStampReader(errqueue.Reports):
 
     ``base`` is the stream offset of the first message byte (the hello's length, plus
     whatever the sender writes before the data: it may be raised until then).
+    ``sched_reason``: why SCHED reports were not asked for (:func:`sched_reason`), for
+    the record.
     """
 
-    def __init__(self, sock: socket.socket, base: int) -> None:
+    def __init__(self, sock: socket.socket, base: int, sched_reason: str | None = None) -> None:
         super().__init__(sock)
         self.base = base
         # Bytes of messages the sender wrote, once known: reports past them are of the
@@ -162,7 +164,7 @@ class TxStampReader(errqueue.Reports):
         self.reader = "thread"  # where the reports are read: "thread" or "process"
         self.reader_error: str | None = None  # why the reader process was not used/failed
         self.start_s: float | None = None  # how long start() took (the process's start-up)
-        self.sched_reason: str | None = None  # why SCHED was not asked for (sched_reason)
+        self.sched_reason = sched_reason
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bufdemo-txstamps", daemon=True)
 
@@ -232,8 +234,8 @@ class TxStampProcess(TxStampReader):
     way the rows, :meth:`record` and :meth:`write` are a TxStampReader's.
     """
 
-    def __init__(self, sock: socket.socket, base: int) -> None:
-        super().__init__(sock, base)
+    def __init__(self, sock: socket.socket, base: int, sched_reason: str | None = None) -> None:
+        super().__init__(sock, base, sched_reason)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
