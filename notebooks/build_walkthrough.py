@@ -357,7 +357,7 @@ say(
 `--send-rate` paces the sender (the analogue of iperf3 `-b`). Below the receiver's
 1,000 messages a second nothing queues and a message costs about one service time;
 above it the buffers fill, the sender blocks, and latency jumps to the buffers' depth
-divided by the drain rate. Small buffers (64 KiB) and 2,000 messages keep this quick.""",
+divided by the drain rate. Small buffers (64 KiB) and 1,000 messages keep this quick.""",
     ),
     (
         "code",
@@ -365,7 +365,7 @@ divided by the drain rate. Small buffers (64 KiB) and 2,000 messages keep this q
 
 rates = [400, 800, 1200, 2000]
 knee_runs = {
-    f"{r}": run(messages=2_000, recv_delay=0.001, sndbuf=65536, rcvbuf=65536, send_rate=r)
+    f"{r}": run(messages=1_000, recv_delay=0.001, sndbuf=65536, rcvbuf=65536, send_rate=r)
     for r in rates
 }
 knee = compare_table(knee_runs, values={k: k for k in knee_runs})
@@ -442,7 +442,7 @@ if os.geteuid() != 0:
     say("This section needs root (network namespaces): skipped on this machine.")
 else:
     slow_link = run(netns=True, link_rate="20mbit", recv_delay=0.0, messages=5000)
-    slow_reader = run(netns=True, recv_delay=0.001, messages=5000)
+    slow_reader = run(netns=True, recv_delay=0.001, messages=3000)
     fig, axes = plt.subplots(2, 2, figsize=(13, 6), sharex="col")
     for col, (title, r) in enumerate((("slow link", slow_link), ("slow reader", slow_reader))):
         plot_windows(axes[0][col], r)
@@ -497,7 +497,7 @@ blocking send *is* such a drain() wait. Three runs of the same workload: a block
         "code",
         """from bufdemo.analysis.userbuffer import plot_rss, plot_user_buffer, transport_samples
 
-modes = {m: run(messages=20_000, recv_delay=0.0002, mode=m)
+modes = {m: run(messages=10_000, recv_delay=0.0002, mode=m)
          for m in ("blocking", "asyncio", "asyncio-nodrain")}
 analysis.compare(modes)""",
     ),
