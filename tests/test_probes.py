@@ -115,6 +115,93 @@ def test_a_sample_reads_each_kernel_value_once_and_gets_what_its_own_call_gets(
     assert probes.meminfo_reader(client)() == tuple(mem[n] for n in probes.SAMPLED_MEMINFO)
 
 
+@linux_only
+def test_raw_answers_parse_to_what_the_field_readers_read(tcp_pair: Callable[..., Pair]) -> None:
+    """probes.RawSample keeps the kernel's answers as bytes and parses many at once: with
+    the queues still, every field equals what tcp_info_reader and meminfo_reader read."""
+    client, server = window_closed(tcp_pair)
+    raw = probes.RawSample.of(client)
+    assert raw is not None
+    infos = raw.tcp_info() + raw.tcp_info() + raw.tcp_info()
+    mems = raw.meminfo() + raw.meminfo() + raw.meminfo()
+    fields = raw.parse(infos, mems)
+    info = probes.tcp_info_reader(client)()
+    mem = probes.meminfo_reader(client)()
+    assert info is not None
+    assert mem is not None
+    for name, value in [
+        *zip(probes.SAMPLED_TCP_INFO, info, strict=True),
+        *zip(probes.SAMPLED_MEMINFO, mem, strict=True),
+    ]:
+        assert fields[name].tolist() == [value] * 3, name
+    assert fields["notsent_bytes"][0] > 0  # the window is closed: not all zeros
+    assert raw.queue_out() == probes.queue_out(client)
+    assert raw.queue_out() > 0
+    assert raw_of(server).queue_in() == probes.queue_in(server)
+    assert raw_of(server).queue_in() > 0
+
+
+def raw_of(sock: socket.socket) -> probes.RawSample:
+    raw = probes.RawSample.of(sock)
+    assert raw is not None
+    return raw
+
+
+def test_no_raw_reader_where_a_probe_is_missing() -> None:
+    """A socket without tcp_info or the queue ioctls (UDP, a listener) gets None: its
+    sampler parses field by field, MISSING for what the kernel does not answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert probes.RawSample.of(udp) is None
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert probes.RawSample.of(listener) is None
+
+
+@linux_only
+def test_a_sampler_parses_what_it_staged_and_keeps_time_order_through_a_fallback(
+    tcp_pair: Callable[..., Pair], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw samples are parsed every STAGED_ROWS samples without anyone asking (what is
+    held unparsed stays bounded); a raw reading that fails is taken field by field
+    instead, after the staged rows, with the same values; a peer's reset is sampled."""
+    from bufdemo.experiment.recorder import STAGED_ROWS, Sampler
+
+    client, server = window_closed(tcp_pair)
+    sampler = Sampler(client, 0.001, lambda: 7)
+    for _ in range(STAGED_ROWS + 3):
+        sampler.sample()
+    assert sampler.table.pending == STAGED_ROWS  # parsed on its own, the last 3 staged
+    assert sampler.rows == STAGED_ROWS + 3
+
+    def failing(self: probes.RawSample) -> bytes:
+        raise OSError("tcp_info failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(probes.RawSample, "tcp_info", failing)
+        sampler.sample()
+    assert sampler.table.pending == STAGED_ROWS + 4  # the staged rows first, then it
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    server.close()  # linger 0: a reset; the sender's queue is thrown away
+
+    def reset() -> bool:
+        mem = probes.sk_meminfo(client)
+        return mem is not None and mem["wmem_queued"] == 0
+
+    wait_until(reset, SETTLE, "the reset")
+    sampler.sample()
+    columns = sampler.columns
+    assert sampler.rows == STAGED_ROWS + 5
+    t = columns["t_ns"].tolist()
+    assert t == sorted(t)
+    assert set(columns["count"]) == {7}
+    before = {name: col[-3] for name, col in columns.items() if name != "t_ns"}
+    parsed = {name: col[-2] for name, col in columns.items() if name != "t_ns"}
+    assert parsed == before  # the queues were still: the same values either way
+    assert columns["wmem_queued"][-2] > 0
+    assert columns["wmem_queued"][-1] == 0  # after the reset: the queue's memory freed
+
+
 def test_one_struct_reads_every_field_where_one_read_at_a_time_does() -> None:
     import struct
 

@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 MISSING = -1  # stored for a probe that returned None; written as an empty cell
+# A sampler parses its staged raw samples at least this often (a second at 1 ms): what it
+# holds unparsed stays bounded however long the run.
+STAGED_ROWS = 1024
 
 # A side's live progress, shared with a display (another process's shared array or a
 # local one): one integer per slot, each with one meaning. The sampler fills COUNT,
@@ -519,13 +522,20 @@ class Sampler(threading.Thread):
         self._progress = progress
         self._counters = tuple((counters or {}).items())
         self._stop_event = threading.Event()
-        self.columns = self.table.columns  # the rows not yet spooled
         self.error: BaseException | None = None
         self._tcp_info = probes.tcp_info_reader(sock)
         self._meminfo = probes.meminfo_reader(sock)
-        # One append per column, in the order _sample reads them (the arrays live as long
-        # as the table: spooling cuts them in place).
-        self._appends = tuple(self.columns[name].append for name in _SAMPLED_IN_ORDER)
+        # One append per column, in the order _sample_parsed reads them (the arrays live as
+        # long as the table: spooling cuts them in place).
+        self._appends = tuple(self.table.columns[name].append for name in _SAMPLED_IN_ORDER)
+        # Where every probe is there, a sample keeps the kernel's answers as they came
+        # (probes.RawSample): t, count and the two queues here, tcp_info and SO_MEMINFO
+        # as bytes; they become columns in one numpy step (_unstage) per STAGED_ROWS
+        # samples, per checkpoint, and before the table is read or written.
+        self._raw = probes.RawSample.of(sock)
+        self._staged_ints = array("q")
+        self._staged_info = bytearray()
+        self._staged_mem = bytearray()
 
     def sample(self) -> None:
         with self._lock:
@@ -581,12 +591,74 @@ class Sampler(threading.Thread):
         # SO_RCVBUF return sk_sndbuf/sk_rcvbuf) come from SO_MEMINFO, and outq_nsd
         # (SIOCOUTQNSD: write_seq - snd_nxt) from tcp_info's notsent_bytes, where the
         # kernel has them; from their own calls otherwise.
-        sock = self._sock
         t = time.perf_counter_ns()
         # On the interval's grid: an inline sample taken late (a sleep's overshoot) does
         # not push every later one back.
         self.next_due_ns = next_sample_ns(self.next_due_ns, self._interval_ns, t)
         count = self._count()
+        outq: int | None
+        inq: int | None
+        if self._raw is not None:
+            try:
+                outq, inq = self._sample_raw(t, count)
+            except (OSError, ValueError):  # the socket failed: the parsed path says how
+                self._unstage()  # the rows stay in time order
+                outq, inq = self._sample_parsed(t, count)
+        else:
+            outq, inq = self._sample_parsed(t, count)
+        if self._progress is not None:
+            self._progress[PROGRESS_COUNT] = count
+            self._progress[PROGRESS_OUTQ] = _or_missing(outq)
+            self._progress[PROGRESS_INQ] = _or_missing(inq)
+            for slot, read in self._counters:
+                self._progress[slot] = read()
+
+    def _sample_raw(self, t: int, count: int) -> tuple[int, int]:
+        """Read every probe, then stage the answers (nothing staged if one fails)."""
+        raw = self._raw
+        assert raw is not None
+        outq = raw.queue_out()
+        inq = raw.queue_in()
+        info = raw.tcp_info()
+        mem = raw.meminfo()
+        self._staged_ints.extend((t, count, outq, inq))
+        self._staged_info += info
+        self._staged_mem += mem
+        if len(self._staged_ints) >= 4 * STAGED_ROWS:
+            self._unstage()
+        return outq, inq
+
+    def _unstage(self) -> None:
+        """Parse the staged answers into the table's columns (under the lock)."""
+        if not self._staged_ints or self._raw is None:
+            return
+        import numpy as np
+
+        ints = np.frombuffer(bytes(self._staged_ints), dtype=np.int64).reshape(-1, 4)
+        fields = self._raw.parse(bytes(self._staged_info), bytes(self._staged_mem))
+        del self._staged_ints[:]
+        self._staged_info.clear()
+        self._staged_mem.clear()
+        values = {
+            "t_ns": ints[:, 0],
+            "count": ints[:, 1],
+            "outq": ints[:, 2],
+            "outq_nsd": fields["notsent_bytes"],
+            "inq": ints[:, 3],
+            "sndbuf": fields["sndbuf"],
+            "rcvbuf": fields["rcvbuf"],
+            **{name: fields[name] for name in probes.SAMPLED_TCP_INFO},
+            **{
+                column: fields[name]
+                for column, name in zip(_MEMINFO_COLUMNS, probes.SAMPLED_MEMINFO, strict=True)
+            },
+        }
+        for name, column in self.table.columns.items():
+            column.frombytes(np.ascontiguousarray(values[name], dtype=np.int64).tobytes())
+
+    def _sample_parsed(self, t: int, count: int) -> tuple[int | None, int | None]:
+        """Read and parse each probe, None (MISSING) for one that is unavailable."""
+        sock = self._sock
         outq = probes.queue_out(sock)
         inq = probes.queue_in(sock)
         info = self._tcp_info() or _NO_TCP_INFO
@@ -607,12 +679,14 @@ class Sampler(threading.Thread):
             strict=True,
         ):
             append(MISSING if value is None else value)
-        if self._progress is not None:
-            self._progress[PROGRESS_COUNT] = count
-            self._progress[PROGRESS_OUTQ] = _or_missing(outq)
-            self._progress[PROGRESS_INQ] = _or_missing(inq)
-            for slot, read in self._counters:
-                self._progress[slot] = read()
+        return outq, inq
+
+    @property
+    def columns(self) -> dict[str, array[int]]:
+        """The samples not yet spooled, one array per column."""
+        with self._lock:
+            self._unstage()
+        return self.table.columns
 
     def checkpoint(self) -> None:
         """Append what was recorded since the last checkpoint (this thread only)."""
@@ -620,6 +694,8 @@ class Sampler(threading.Thread):
             for cp in self._checkpoints:
                 cp.flush()
             if self._spooling:
+                with self._lock:
+                    self._unstage()
                 self.table.spool()
         except OSError as exc:  # disk full, directory gone: the final write will say so
             self.checkpoint_error = exc
@@ -659,12 +735,17 @@ class Sampler(threading.Thread):
             self.join()
         with contextlib.suppress(OSError):
             self.sample()
+        with self._lock:
+            self._unstage()  # stopped: every row in the table
 
     @property
     def rows(self) -> int:
         """Samples taken: on disk (spooled) and in memory."""
-        return self.table.rows
+        with self._lock:
+            return self.table.rows + len(self._staged_ints) // 4
 
     def write(self, path: Path) -> None:
         """Write the samples (after the checkpoints: append the rows not spooled yet)."""
+        with self._lock:
+            self._unstage()
         self.table.write(path)
