@@ -144,8 +144,13 @@ def test_the_sender_asks_for_sched_as_the_route_decides(
     assert record is not None
     if not record["enabled"]:
         pytest.skip(f"no transmit timestamps here: {record['reason']}")
-    assert record["last_acked_offset"] == SIZE * MESSAGES - 1
+    # 2,000 writes make ~4,000 reports: a reader process kept off the CPU (a loaded
+    # machine) lets the error queue fill, and the kernel drops what does not fit
+    # (docs/kernel.md), the last ACK's report too. The tests that send the data in one
+    # piece (few reports) assert the last byte's ACK exactly.
+    assert 0 < record["last_acked_offset"] <= SIZE * MESSAGES - 1
     assert record["notifications"]["SND"] > 0
+    assert record["notifications"]["ACK"] > 0
     if through_lo:
         assert record["sched_reason"] == txstamps.NO_QDISC
         assert record["notifications"]["SCHED"] == 0
