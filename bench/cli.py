@@ -15,8 +15,10 @@ drift on a shared machine hits both alike; medians are compared.
   loop into the same reader, from connect to the last send. In the same rounds, the
   recording floor: ``os.write``, a check, a clock read appended to a list per message
   (the least any loop that records every send does), so each run also says how much of
-  the gap is recording itself and how much is bufdemo's; and the time from the
-  connection to the first send (sends.csv), the fixed cost inside the span.
+  the gap is recording itself and how much is bufdemo's; the time from the
+  connection to the first send (sends.csv), the fixed cost inside the span; and the
+  loop's work between blocks of frames (framing, storing the timestamps, the inline
+  samples), read from sends.csv as the extra gap before each block's first message.
 - **startup** (goal 5): `bufdemo run --recv-delay 0` with its plot, from launching the
   command to the sender's connection (``t0_ns``: the first message follows at once),
   and from the receiver's last message (``t_done_ns``) to timeline.png written (the
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import drain_receiver, median, recording_floor, spread
+from bufdemo.experiment.sender import frames_per_block
 
 BUFDEMO = str(Path(sys.executable).with_name("bufdemo"))  # the installed console script
 SIZES = (64, 1024)
@@ -219,6 +222,23 @@ def to_first_send_s(record: dict[str, Any]) -> float:
     return (int(first[header.index("t_ns")]) - int(record["t_connected_ns"])) / 1e9
 
 
+def block_work(record: dict[str, Any], size: int) -> tuple[float, float]:
+    """What the send loop's work between blocks of frames (framing the next block,
+    storing the last one's timestamps, an inline sample when one is due) cost in this
+    run, read from its sends.csv: the median gap before a block's first message less
+    the median gap between messages, in microseconds, and all blocks' worth as a
+    fraction of the sending time. In the run itself, so its caches and the machine's
+    load are those of the measurement."""
+    import numpy as np  # here: the bare loops run in a process as it was before
+    import pandas as pd
+
+    t = pd.read_csv(Path(record["run_dir"]) / "sends.csv", usecols=["t_ns"])["t_ns"].to_numpy()
+    gaps = np.diff(t)
+    first_of_block = np.arange(1, len(t)) % frames_per_block(size) == 0
+    extra_ns = float(np.median(gaps[first_of_block]) - np.median(gaps[~first_of_block]))
+    return extra_ns / 1e3, extra_ns * int(first_of_block.sum()) / float(t[-1] - t[0])
+
+
 def sender(
     counts: Sequence[int], rounds: int, out: Path, witness: Sequence[str], pin: bool = False
 ) -> None:
@@ -233,12 +253,14 @@ def sender(
                 rates: dict[str, list[float]] = {"bare": [], "floor": [], "cli": [], "witness": []}
                 reader_starts: list[float] = []  # --timestamps: the wait for its reader
                 to_first: list[float] = []
+                blocks: list[tuple[float, float]] = []
                 for _ in range(rounds):
                     rates["bare"].append(bare_sender(addr, n, size))
                     rates["floor"].append(floor_sender(addr, n, size))
                     rate, record = cli_sender(addr, n, size, out, ())
                     rates["cli"].append(rate)
                     to_first.append(to_first_send_s(record))
+                    blocks.append(block_work(record, size))
                     if witness:
                         rate, record = cli_sender(addr, n, size, out, witness)
                         rates["witness"].append(rate)
@@ -253,7 +275,9 @@ def sender(
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
                     f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]  "
                     f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it  "
-                    f"connect -> first send {median(to_first) * 1e3:.1f} ms"
+                    f"connect -> first send {median(to_first) * 1e3:.1f} ms  "
+                    f"work between blocks {median([us for us, _ in blocks]):.0f} us a block, "
+                    f"{median([share for _, share in blocks]) * 100:.1f}% of the time"
                 )
                 if witness:
                     w = median(rates["witness"]) / b

@@ -16,6 +16,10 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
   (``txstamps.TxStampReader``, what ``--timestamps`` used to do);
 - ``write+ts+process``: the same with the reader process ``bufdemo send --timestamps``
   starts (``txstamps.TxStampProcess``; with ``--pin`` it shares CPU 0 with the sender);
+- ``frames-B``: ``floor`` with distinct frames: ``os.write`` of the B frames of one
+  block in turn (framed once, never refilled), a check, a clock read appended. What
+  sending from B places instead of one costs, before any per-block work (``--blocks``
+  sets B; ``frames-1`` is ``floor`` with a real frame);
 - ``loop-B``: bufdemo's ``send_loop`` without sampling, frames framed B at a time (the
   default is ``frames_per_block``: 1,024 at 64 B and 1 KiB);
 - ``loop+parked``: ``loop-1024`` with a second thread alive in the process, parked on
@@ -63,6 +67,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable
+from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +137,26 @@ def stamped(reader_kind: type[txstamps.TxStampReader] | None, sched: bool = Fals
     return variant
 
 
+def frames(block: int) -> Variant:
+    def variant(addr: tuple[str, int], n: int, size: int) -> float:
+        frame_block = FrameBlock(size, block)
+        frame_block.fill(0)
+        views = frame_block.views
+
+        def body(sock: socket.socket) -> None:
+            fd, w, now = sock.fileno(), os.write, time.perf_counter_ns
+            stamps: list[int] = []
+            stamp = stamps.append
+            for view in islice(cycle(views), n):  # as cheap a step as range()'s
+                if w(fd, view) != size:
+                    raise SystemExit("a partial write: the reader did not keep up")
+                stamp(now())
+
+        return _timed(addr, n, body)
+
+    return variant
+
+
 def loop(block: int) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         cfg = RunConfig(messages=n, size=size)
@@ -194,6 +219,7 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
         "write+ts+thread": stamped(txstamps.TxStampReader),
         "write+ts+process": stamped(txstamps.TxStampProcess),
     }
+    variants |= {f"frames-{b}": frames(b) for b in [1, *blocks]}
     variants |= {f"loop-{b}": loop(b) for b in blocks}
     variants["loop+parked"] = parked(loop(1024))
     variants["run_sender"] = whole_sender(out, blocking_sender())
