@@ -38,6 +38,12 @@ All in this process, into a reader in another process (1 MiB reads), alternated 
   transport's buffer, the send queue and RSS every 1 ms): what the asyncio modes'
   sampling costs the sender.
 
+``--breakdown`` instead times, inside bufdemo's ``send_loop`` with a 1 ms sampler, each
+piece of the work it does between blocks of frames (framing the next block, storing the
+timestamps, the inline sample), alternating a sampler that keeps the kernel's answers raw
+(``probes.RawSample``, the default) with one that parses each as it is read: medians per
+call, and their share of the sending time.
+
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
 ``+thread``, ``+parked`` and ``+clock`` ones) leaves the process slower for every
@@ -46,6 +52,7 @@ thread has existed.
 
     python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
         [--fresh] [--only VARIANT ...]
+    python -m bench.floor --breakdown [--pin] [--messages 1000000] [--rounds 3]
 
 Instructions per message, which do not move with the machine's load: run one variant
 under valgrind at two message counts and divide the difference (the reader, a forked
@@ -75,7 +82,7 @@ from bench.common import drain_receiver, median, recording_floor
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.asyncio_sender import run_asyncio_sender
 from bufdemo.experiment.config import Mode, RunConfig
-from bufdemo.experiment.recorder import BlockingLog, SendLog
+from bufdemo.experiment.recorder import BlockingLog, Sampler, SendLog
 from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
 from bufdemo.experiment.wire import FrameBlock
 from bufdemo.net import Address
@@ -233,6 +240,58 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
     return variants
 
 
+def breakdown(addr: tuple[str, int], n: int, size: int, raw: bool) -> dict[str, float]:
+    """One send_loop of ``n`` frames with a 1 ms sampler, each piece of the work between
+    blocks timed: median microseconds a call, and (``"% <piece>"``) the share of the
+    sending time all its calls took."""
+    cfg = RunConfig(messages=n, size=size)
+    log, blocking, sent = SendLog(n, size), BlockingLog(), array("q", [0])
+    frames = FrameBlock(size, 1024)
+    now = time.perf_counter_ns
+    spent: dict[str, list[int]] = {"framing": [], "storing": [], "sample": []}
+
+    def timed(call: Callable[..., Any], into: list[int]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t0 = now()
+            result = call(*args)
+            into.append(now() - t0)
+            return result
+
+        return run
+
+    with socket.create_connection(addr) as sock:
+        sampler = Sampler(sock, 0.001, count=lambda: sent[0], gated=True, raw=raw)
+        frames.fill = timed(frames.fill, spent["framing"])  # type: ignore[method-assign]
+        log.store = timed(log.store, spent["storing"])  # type: ignore[method-assign]
+        sampler.sample_if_due = timed(sampler.sample_if_due, spent["sample"])  # type: ignore[method-assign]
+        t0 = now()
+        send_loop(sock, cfg, log, blocking, sent, frames, sampler)
+        span = now() - t0
+    out = {name: median([float(v) for v in ns]) / 1e3 for name, ns in spent.items()}
+    out |= {f"% {name}": sum(ns) / span * 100 for name, ns in spent.items()}
+    return out
+
+
+def print_breakdown(args: argparse.Namespace) -> None:
+    print(
+        f"work between blocks inside send_loop: {args.messages:,} messages, {args.rounds} "
+        "rounds (medians of rounds; us a call, % of the sending time)"
+    )
+    with drain_receiver(cpu=1 if args.pin else None) as addr:
+        for size in args.sizes:
+            got: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+            for _ in range(args.rounds):
+                for raw in (True, False):
+                    got[raw].append(breakdown(addr, args.messages, size, raw))
+            for raw, label in ((True, "raw samples"), (False, "parsed samples")):
+                cells = "  ".join(
+                    f"{name} {median([r[name] for r in got[raw]]):.1f} us "
+                    f"({median([r['% ' + name] for r in got[raw]]):.1f}%)"
+                    for name in ("framing", "storing", "sample")
+                )
+                print(f"  {size:>5} B  {label:<15} {cells}")
+
+
 def in_fresh_process(
     name: str, addr: tuple[str, int], n: int, size: int, args: argparse.Namespace, out: Path
 ) -> float:
@@ -256,12 +315,18 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", help="these variants only (rates, no ratios without bare)"
     )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time the work between blocks, piece by piece"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, for --fresh
     parser.add_argument("--to", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {0})
+    if args.breakdown:
+        print_breakdown(args)
+        return
     if args.child:
         host, port = args.to.rsplit(":", 1)
         variant = variants_of(args.blocks, args.out)[args.child]

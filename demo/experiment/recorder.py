@@ -499,7 +499,12 @@ class Sampler(threading.Thread):
         checkpoint_samples: Path | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
         gated: bool = False,
+        *,
+        raw: bool = True,
     ) -> None:
+        """``raw=False``: parse every probe as it is read, even where probes.RawSample
+        could keep the answers raw (what a sample did before; bench.floor --breakdown
+        compares the two)."""
         super().__init__(name="bufdemo-sampler", daemon=True)
         self._gate = threading.Event()  # set: the thread samples
         if not gated:
@@ -532,7 +537,7 @@ class Sampler(threading.Thread):
         # (probes.RawSample): t, count and the two queues here, tcp_info and SO_MEMINFO
         # as bytes; they become columns in one numpy step (_unstage) per STAGED_ROWS
         # samples, per checkpoint, and before the table is read or written.
-        self._raw = probes.RawSample.of(sock)
+        self._raw = probes.RawSample.of(sock) if raw else None
         self._staged_ints = array("q")
         self._staged_info = bytearray()
         self._staged_mem = bytearray()

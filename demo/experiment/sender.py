@@ -361,10 +361,12 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # include/uapi/lin
 def frames_per_block(size: int) -> int:
     """Frames framed per numpy step: up to 1024 (measured best), within 1 MiB of buffer.
 
-    Per block of 1,024 the loop pays ~9-12 us of framing (two strided copies from the
-    precomputed headers) and ~16 us storing the block's timestamps: ~0.03 us a message
-    beside a 1.6-2 us send. Smaller blocks, for cache, measured no better at 1 KiB
-    (``bench.floor --pin --blocks 1024 512 256 128``).
+    Per block of 1,024 the loop pays ~10-20 us of framing (two strided copies from the
+    precomputed headers) and ~16-35 us storing the block's timestamps, measured alone;
+    inside the loop, its caches cold after a thousand sends, 25-35 and 42-48 us, 3.4 -
+    4.4% of the sending time with the inline sample at 2.1 - 2.4% more (``bench.floor
+    --breakdown --pin --messages 1000000``). Smaller blocks, for cache, measured no better
+    at 1 KiB (``bench.floor --pin --blocks 1024 512 256 128``).
     """
     return max(1, min(1024, (1 << 20) // size))
 
