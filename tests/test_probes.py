@@ -202,6 +202,24 @@ def test_a_sampler_parses_what_it_staged_and_keeps_time_order_through_a_fallback
     assert columns["wmem_queued"][-1] == 0  # after the reset: the queue's memory freed
 
 
+@linux_only
+def test_raw_and_parsed_samples_are_the_same_rows(tcp_pair: Callable[..., Pair]) -> None:
+    """Sampler(raw=False) parses each probe as it reads it (as where RawSample is not
+    available): with the queues still, its rows equal the raw sampler's, t_ns aside."""
+    from bufdemo.experiment.recorder import Sampler
+
+    client, _server = window_closed(tcp_pair)
+    raw, parsed = Sampler(client, 0.001, lambda: 3), Sampler(client, 0.001, lambda: 3, raw=False)
+    for sampler in (raw, parsed, raw, parsed):
+        sampler.sample()
+    rows = [
+        [{n: col[i] for n, col in s.columns.items() if n != "t_ns"} for i in (0, 1)]
+        for s in (raw, parsed)
+    ]
+    assert rows[0] == rows[1]
+    assert rows[0][0]["outq"] > 0
+
+
 def test_one_struct_reads_every_field_where_one_read_at_a_time_does() -> None:
     import struct
 
