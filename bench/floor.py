@@ -243,10 +243,11 @@ def variants_of(blocks: list[int], out: Path) -> dict[str, Variant]:
 def breakdown(addr: tuple[str, int], n: int, size: int, raw: bool) -> dict[str, float]:
     """One send_loop of ``n`` frames with a 1 ms sampler, each piece of the work between
     blocks timed: median microseconds a call, and (``"% <piece>"``) the share of the
-    sending time all its calls took."""
+    sending time all its calls took. "sample" is every ``sample_if_due`` call, those that
+    find no sample due included (few: a block takes longer than the interval)."""
     cfg = RunConfig(messages=n, size=size)
     log, blocking, sent = SendLog(n, size), BlockingLog(), array("q", [0])
-    frames = FrameBlock(size, 1024)
+    frame_block = FrameBlock(size, 1024)
     now = time.perf_counter_ns
     spent: dict[str, list[int]] = {"framing": [], "storing": [], "sample": []}
 
@@ -261,11 +262,11 @@ def breakdown(addr: tuple[str, int], n: int, size: int, raw: bool) -> dict[str, 
 
     with socket.create_connection(addr) as sock:
         sampler = Sampler(sock, 0.001, count=lambda: sent[0], gated=True, raw=raw)
-        frames.fill = timed(frames.fill, spent["framing"])  # type: ignore[method-assign]
+        frame_block.fill = timed(frame_block.fill, spent["framing"])  # type: ignore[method-assign]
         log.store = timed(log.store, spent["storing"])  # type: ignore[method-assign]
         sampler.sample_if_due = timed(sampler.sample_if_due, spent["sample"])  # type: ignore[method-assign]
         t0 = now()
-        send_loop(sock, cfg, log, blocking, sent, frames, sampler)
+        send_loop(sock, cfg, log, blocking, sent, frame_block, sampler)
         span = now() - t0
     out = {name: median([float(v) for v in ns]) / 1e3 for name, ns in spent.items()}
     out |= {f"% {name}": sum(ns) / span * 100 for name, ns in spent.items()}

@@ -6,6 +6,8 @@ still), then in one process, alternated for --rounds rounds, N times each:
 - syscalls: the four system calls a sample makes on Linux (SIOCOUTQ, SIOCINQ, TCP_INFO,
   SO_MEMINFO), the queues read into a buffer kept for them as ``probes.RawSample``
   does, results thrown away: the floor;
+- one queue ``ioctl`` as ``probes.RawSample`` makes it, into a buffer kept for it, and
+  with a fresh bytes argument (as ``probes.queue_out`` does);
 - sample: ``Sampler.sample()``, as the sender's loop calls it inline and the thread
   calls it every millisecond (the probes, their answers staged as they came, the lock,
   and the parsing into 27 columns that follows every 1,024 samples, amortized).
@@ -131,13 +133,25 @@ def main(argv: list[str] | None = None) -> None:
     sampler = Sampler(client, 0.001, lambda: 0)
     floor: list[float] = []
     sample: list[float] = []
+    kept: list[float] = []
+    fresh: list[float] = []
     for _ in range(args.rounds):
         floor.append(_per_call_us(syscalls, args.samples))
         sample.append(_per_call_us(sampler.sample, args.samples))
+        kept.append(
+            _per_call_us(lambda: fcntl.ioctl(fd, probes.SIOCOUTQ, queue, True), args.samples)
+        )
+        fresh.append(
+            _per_call_us(lambda: fcntl.ioctl(fd, probes.SIOCOUTQ, b"\0" * 4), args.samples)
+        )
     f, s = median(floor), median(sample)
     print(f"one sample, {args.samples:,} x {args.rounds} rounds (medians):")
     print(f"  the four system calls alone  {f:6.2f} us")
     print(f"  Sampler.sample()             {s:6.2f} us   ratio {s / f:.2f}")
+    print(
+        f"  one SIOCOUTQ into a kept buffer {median(kept):.2f} us, "
+        f"with a fresh bytes argument {median(fresh):.2f} us"
+    )
     alone: list[float] = []
     beside: list[float] = []
     for _ in range(args.rounds):

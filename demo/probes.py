@@ -390,7 +390,8 @@ class RawSample:
     system calls took 6.4 (``bench.sampler``). A sampler that keeps the raw answers (two
     queue lengths and the bytes of tcp_info and SO_MEMINFO) and parses many at once later
     with :meth:`parse` spends a few microseconds a sample. The queues are read with
-    ``ioctl`` into a buffer kept for it (0.7 us; with a fresh bytes argument, 2 us).
+    ``ioctl`` into a buffer kept for it (0.8 us; with a fresh bytes argument, as
+    :func:`queue_out` does, 2.2 us: ``bench.sampler``).
 
     :meth:`of` returns None where any of it is unavailable (not Linux, an older kernel's
     shorter tcp_info, no SO_MEMINFO): the caller then parses field by field, with None

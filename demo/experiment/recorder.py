@@ -15,9 +15,11 @@ The periodic samples are not needed in memory once on disk: a checkpointed sampl
 holds stays about one interval of rows (~110 KB at 1 ms) however long the run, and the
 process's RSS measures the program rather than its recording.
 
-Periodic samples come from a :class:`Sampler` thread in each process. It probes the
-socket on its own schedule, so the loop never pays for sampling, and it can keep
-sampling while the loop is blocked inside ``send()``. Each process records its own
+Periodic samples come from a :class:`Sampler` in each process: taken inline by the loop
+between blocks while it runs (a thread sampling beside a busy loop costs it far more),
+and by the sampler's thread while the loop is blocked inside ``send()`` or ``recv()``. A
+sample keeps the kernel's answers raw and parses them later in bulk
+(:class:`~bufdemo.probes.RawSample`). Each process records its own
 side; both stamp ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on Linux), so the two
 sides' rows align without correction on one host.
 """

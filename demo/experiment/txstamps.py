@@ -103,9 +103,10 @@ def sched_reason(peer_host: str, local_host: str | None = None) -> str | None:
     error-queue entry in the send path, for each skb. A connection goes through ``lo``
     when the peer is a loopback address, or this host's own address (then the local
     address is the peer's: ``local_host``). Any other peer keeps SCHED: a veth with
-    ``--link-rate``'s tbf, a real NIC's qdisc. Two cases still ask for SCHED where it
-    equals SND: a ``--netns`` link without ``--link-rate`` (a veth queues nothing
-    either), and a qdisc put on ``lo`` by hand is not looked for.
+    ``--link-rate``'s tbf, a real NIC's qdisc. A ``--netns`` link without
+    ``--link-rate`` still asks for SCHED where it equals SND (a veth queues nothing
+    either), and a qdisc put on ``lo`` by hand is not looked for: SCHED is then not
+    asked for where it would differ.
     """
     peer = _ip(peer_host)
     if peer is None:
