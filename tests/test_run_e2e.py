@@ -317,21 +317,25 @@ def test_a_receiver_asleep_between_messages_is_still_sampled_at_the_interval(
 def test_before_sender_runs_once_the_receiver_listens_and_before_the_sender_connects(
     tmp_path: Path,
 ) -> None:
-    """bufdemo run loads its analysis there: nothing of it may overlap the measured run."""
+    """bufdemo run loads its analysis there: nothing of it may overlap the measured run.
+    Both sides have started (the sender loads beside the receiver), but the sender has
+    no socket yet: it is waiting for the receiver's address."""
     import time
 
     import psutil
 
     called: list[int] = []
-    listening: list[bool] = []
+    listening: list[list[bool]] = []
+    sockets: list[list[int]] = []
 
     def hook() -> None:
         called.append(time.perf_counter_ns())
         sides = [  # the spawned sides (not multiprocessing's resource tracker)
             ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())
         ]
-        assert len(sides) == 1  # the receiver only: the sender does not exist yet
-        listening.append(any(c.status == psutil.CONN_LISTEN for c in sides[0].net_connections()))
+        conns = [side.net_connections(kind="inet") for side in sides]
+        listening.append(sorted(any(c.status == psutil.CONN_LISTEN for c in cs) for cs in conns))
+        sockets.append(sorted(len(cs) for cs in conns))
 
     result = run_experiment(
         RunConfig(messages=200, recv_delay=0.0, out=tmp_path, plot=False), before_sender=hook
@@ -340,7 +344,32 @@ def test_before_sender_runs_once_the_receiver_listens_and_before_the_sender_conn
     meta = json.loads((result.run_dir / "meta.json").read_text())
     assert called
     assert called[0] < meta["sender"]["t_connected_ns"]
-    assert listening == [True]
+    assert listening == [[False, True]]  # the receiver listens, the sender does not
+    assert sockets == [[0, 1]]  # the sender has no socket: it has not connected
+
+
+def test_a_run_stopped_before_the_sender_has_its_address_ends_the_waiting_sender(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while the sender waits for the receiver's address (here raised from
+    before_sender): the sender ends at once, without a record; it is not stopped by a
+    signal after the grace period (which would show in the reason as killed)."""
+    import psutil
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    result = run_experiment(
+        RunConfig(messages=200, recv_delay=0.0, out=tmp_path, plot=False),
+        before_sender=interrupt,
+    )
+    assert result.interrupted
+    assert not result.complete
+    assert result.reason == "interrupted by the user; receiver: interrupted"
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert meta["sender"] is None
+    assert meta["receiver"] is not None  # stopped by the interruption: it wrote its record
+    assert not [ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())]
 
 
 def _threads_after_numpy(report: Connection) -> None:  # a spawned child

@@ -378,9 +378,10 @@ def run(
             f"mode {cfg.mode.value}",
             soft_wrap=True,
         )
-    # The analysis stack loads while the two sides start (spawned interpreters take ~1 s),
-    # and the sender is started only once it has loaded: nothing of it runs beside the
-    # measured phase, and the summary and first plot follow the run's end sooner.
+    # The analysis stack loads while the two sides start (spawned interpreters loading
+    # bufdemo), and the sender is given the receiver's address only once it has loaded:
+    # nothing of it runs beside the measured phase, and the summary and first plot
+    # follow the run's end sooner.
     warm = _warm_up_analysis(cfg.plot)
     with _display(read, shown, cfg.mode):
         result = run_experiment(

@@ -234,12 +234,23 @@ def _receiver_child(
 
 
 def _sender_child(
-    cfg: RunConfig, to: Address, run_dir: Path, progress: Any, netns_name: str | None = None
+    cfg: RunConfig, go: Connection, run_dir: Path, progress: Any, netns_name: str | None = None
 ) -> None:  # pragma: no cover - runs in a child process
+    """The sender, started beside the receiver: it loads while the receiver does, then
+    waits for the receiver's address on ``go``. End of file there (the receiver never
+    listened, the run was stopped, the parent died) ends it at once, with no record:
+    it never started."""
     from bufdemo.experiment.sender import SenderResult, run_sender
 
     if netns_name is not None:
         netns.enter(netns_name)
+    try:
+        host, port = go.recv()
+    except EOFError:
+        return
+    finally:
+        go.close()
+    to = Address(host, port)
 
     result = SenderResult()
     _side_main(
@@ -452,7 +463,8 @@ def run_experiment(
     """Run one experiment end to end; always leaves a run directory with meta.json.
 
     ``before_sender`` is called once the receiver listens, right before the sender
-    starts (``bufdemo run`` finishes loading its analysis there).
+    is given its address (``bufdemo run`` finishes loading its analysis there); the
+    sender's interpreter has been loading beside the receiver's meanwhile.
 
     Ctrl-C (KeyboardInterrupt) or SIGTERM during the run stops both sides and returns
     a result with ``interrupted=True``; the run directory is complete up to that point.
@@ -476,6 +488,7 @@ def run_experiment(
     read_netstat: Callable[[], dict[str, int] | None] = probes.netstat_counters
     before: dict[str, int] | None = None
     listen, recv_ns, send_ns = LOOPBACK, None, None
+    go_send: Connection | None = None
     with StopSignals() as interrupts, contextlib.ExitStack() as cleanup:
         cleanup.callback(witnesses.close)  # every exit path: tcpdump stopped, instance gone
         try:
@@ -489,38 +502,48 @@ def run_experiment(
                     queue.start()
                     cleanup.callback(queue.stop)
             before = read_netstat()
+            # Both sides start at once, each a fresh interpreter loading bufdemo; the
+            # sender then waits for the receiver's address on `go`, sent only once the
+            # receiver listens and before_sender() has returned.
             ready_recv, ready_send = ctx.Pipe(duplex=False)
+            go_recv, go_send = ctx.Pipe(duplex=False)
             try:
                 receiver = ctx.Process(
                     target=_receiver_child,
                     args=(cfg, run_dir, ready_send, recv_progress, recv_ns, listen),
                     name="bufdemo-receiver",
                 )
+                sender = ctx.Process(
+                    target=_sender_child,
+                    args=(cfg, go_recv, run_dir, send_progress, send_ns),
+                    name="bufdemo-sender",
+                )
                 with blocked(), _without_blas_threads():
                     receiver.start()
+                    sender.start()
                 ready_send.close()
+                go_recv.close()
                 address = _wait_listening(receiver, ready_recv)
             finally:
                 ready_send.close()
                 ready_recv.close()
+                go_recv.close()
             if isinstance(address, str):
                 failure = address
+                go_send.close()
             else:
                 witnesses.start(address.port)  # before the sender connects: SYN recorded
                 before_sender()
-                sender = ctx.Process(
-                    target=_sender_child,
-                    args=(cfg, address, run_dir, send_progress, send_ns),
-                    name="bufdemo-sender",
-                )
-                with blocked(), _without_blas_threads():
-                    sender.start()
+                go_send.send((address.host, address.port))
+                go_send.close()
                 survivor = _watch(
                     receiver, sender, send_progress, recv_progress, on_progress, t_start
                 )
         except KeyboardInterrupt:
             interrupted = True
         interrupts.raising = False  # from here on, Ctrl-C is only counted
+        if go_send is not None:
+            go_send.close()  # a sender still waiting for the address ends
         _stop([p for p in (sender, receiver) if p is not None], grace)
         if queue is not None:
             queue.stop()
