@@ -118,7 +118,8 @@ def warm_up(draw: bool = True) -> None:
     """Import the analysis and plotting stack (importing this module does) and, if
     ``draw``, draw one small figure with text, so that the first real figure does not
     pay for loading matplotlib's fonts and the Agg renderer. ``bufdemo run`` calls it
-    from a thread while its two sides start, and starts the sender once it is done."""
+    from a thread while its two sides start, and gives the sender the receiver's address
+    once it is done."""
     import io
 
     if not draw:

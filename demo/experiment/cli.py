@@ -416,9 +416,9 @@ def _warm_up_analysis(draw: bool) -> threading.Thread:
 
 
 def _warmed_up(warm: threading.Thread, cfg: RunConfig) -> None:
-    """Before the sender starts: wait for the warm-up (up to WARM_UP_WAIT, or half of
-    --timeout); if it is still going, demote it to SCHED_IDLE so it cannot take CPU
-    time from the run."""
+    """Before the sender is given its address: wait for the warm-up (up to WARM_UP_WAIT,
+    or half of --timeout); if it is still going, demote it to SCHED_IDLE so it cannot
+    take CPU time from the run."""
     wait = WARM_UP_WAIT if cfg.timeout is None else min(WARM_UP_WAIT, cfg.timeout / 2)
     warm.join(wait)
     if warm.is_alive() and warm.native_id is not None and sys.platform == "linux":

@@ -1,8 +1,8 @@
 """Orchestration: one experiment, two processes, one run directory.
 
 ``bufdemo run`` starts the receiver in its own process (listening on 127.0.0.1, port
-chosen by the kernel), then the sender in another; this process only watches them and
-shows progress. Sender and receiver must not share a process: a shared GIL would couple
+chosen by the kernel) and, at the same time, the sender in another, which is given the
+receiver's address once it listens; this process only watches them and shows progress. Sender and receiver must not share a process: a shared GIL would couple
 their timing (docs/kernel.md, "One process per side").
 
 Both children write their own tables into the run directory, also when they fail or are
@@ -225,8 +225,9 @@ def _receiver_child(
             token=cfg.token,
             on_listening=on_listening,
             progress=progress,
-            # The sender is spawned right after listen(): it connects within its start-up
-            # time, whatever --timeout says about waits during the run.
+            # The sender is given the address right after listen() (and bufdemo run's
+            # warm-up, at most cli.WARM_UP_WAIT): it connects within that time, whatever
+            # --timeout says about waits during the run.
             accept_timeout=READY_TIMEOUT,
             result=result,
         ),

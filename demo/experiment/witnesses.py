@@ -1,8 +1,8 @@
 """The two witnesses of `bufdemo run`: the kernel's trace (`--trace`) and the wire (`--capture`).
 
 `bufdemo run` calls :meth:`Witnesses.start` once the receiver listens (its port known)
-and before the sender is started, :meth:`Witnesses.finish` once both sides have ended
-(their records hold the sockets' cookies and the sender's port), and
+and before the sender is given its address, :meth:`Witnesses.finish` once both sides
+have ended (their records hold the sockets' cookies and the sender's port), and
 :meth:`Witnesses.close` on every exit path (idempotent: tcpdump stopped, the tracefs
 instance removed). A witness that cannot run is skipped with one line saying why
 (:attr:`Witnesses.notes`, also in meta.json's ``witnesses``); the run goes on.
