@@ -2,8 +2,9 @@
 
 ``bufdemo run`` starts the receiver in its own process (listening on 127.0.0.1, port
 chosen by the kernel) and, at the same time, the sender in another, which is given the
-receiver's address once it listens; this process only watches them and shows progress. Sender and receiver must not share a process: a shared GIL would couple
-their timing (docs/kernel.md, "One process per side").
+receiver's address once it listens; this process only watches them and shows
+progress. Sender and receiver must not share a process: a shared GIL would couple their
+timing (docs/kernel.md, "One process per side").
 
 Both children write their own tables into the run directory, also when they fail or are
 interrupted; this process then merges their records into ``meta.json`` with the host's
