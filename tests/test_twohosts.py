@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -23,11 +24,15 @@ from bufdemo import analysis
 from bufdemo.cli import main
 from bufdemo.errors import ProtocolError
 from bufdemo.experiment import clocksync, netns
+from bufdemo.experiment.receiver import ReceiverResult, receive_loop
+from bufdemo.experiment.recorder import ConsumedLog
 from bufdemo.experiment.sender import FIRST_ANSWER_WAIT
 from bufdemo.experiment.wire import (
     KIND_CLOCK,
     ClockReading,
     Decoder,
+    FrameBlock,
+    Hello,
     decode_clock,
     encode_clock,
     encode_frame,
@@ -117,6 +122,43 @@ def test_the_test_hook_reads_seconds_and_refuses_nonsense() -> None:
 
 
 # -- real halves -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0001])
+def test_a_clock_frame_right_behind_the_data_is_answered_when_read_with_it(
+    delay: float,
+) -> None:
+    """The clock frame after the data (clocksync.AFTER's marker) can reach the receiver
+    in one read with the last messages: the receiver answers it from what it already
+    holds, without waiting for bytes that will not come (its sender waits for the
+    answer). At delay 0 the bulk loop reads all of it in one recv_into."""
+    messages, size = 20, 1024
+    block = FrameBlock(size, messages)
+    block.fill(0)
+    data = b"".join(bytes(view) for view in block.views)
+    marker = encode_clock(ClockReading(clocksync.AFTER[0], 123))
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as sender:
+        conn, _ = listener.accept()
+        result = ReceiverResult()
+        loop = threading.Thread(
+            target=receive_loop,
+            args=(conn, Hello(bytes(16), messages, size), delay, ConsumedLog(messages), result),
+            daemon=True,
+        )
+        sender.sendall(data + marker)  # in the kernel before the receiver's first read
+        loop.start()
+        ready, _, _ = select.select([sender], [], [], 30)
+        assert ready, "the receiver did not answer the clock frame"
+        decoder = Decoder(max_length=24)
+        while (msg := decoder.next_message()) is None:
+            decoder.receive_data(sender.recv(4096))
+        assert decode_clock(msg).seq == clocksync.AFTER[0]
+        sender.shutdown(socket.SHUT_WR)
+        loop.join(30)
+        conn.close()
+    assert not loop.is_alive()
+    assert result.messages == messages
 
 
 def _halves(

@@ -552,6 +552,10 @@ def _bulk_loop(
         filled -= used
         if t_read >= due:
             due = inline.sample()
+        if filled >= HEADER_SIZE and _foreign(buf, filled, size):
+            # A clock frame read with the last messages: its sender waits for the answer
+            # and sends nothing more until then.
+            return buf[:filled]
 
 
 def _record_block(
