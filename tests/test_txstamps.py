@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from bufdemo import probes
-from bufdemo.experiment import errqueue, txstamps
+from bufdemo.experiment import errqueue, txstamps, wire
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.sender import SenderResult, run_sender
 from bufdemo.net import Address
@@ -265,3 +265,35 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_reader_to_its_sender() -> None
     record = reader.record()
     assert (record["reader"], record["reader_error"]) == ("process", None)
     assert record["last_acked_offset"] == SIZE * MESSAGES - 1
+
+
+def test_by_hand_halves_report_offsets_from_the_first_message_byte(tmp_path: Path) -> None:
+    """`bufdemo send --timestamps` to a `bufdemo receive`: the hello and the three clock
+    frames before the data are reported at negative offsets (their last bytes), and
+    the first message at its own last byte, size - 1."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "bufdemo", "receive", "--recv-delay", "0",
+         "--out", str(tmp_path / "r")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as recv:  # fmt: skip
+        assert recv.stderr is not None
+        line = ""
+        while "now start:" not in line:
+            line = recv.stderr.readline()
+            assert line, "the receiver ended before listening"
+        to = line.split("--to ")[1].split()[0]
+        send = subprocess.run(
+            [sys.executable, "-m", "bufdemo", "send", "--to", to, "-n", "50", "--timestamps",
+             "--out", str(tmp_path / "s"), "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert send.returncode == 0, send.stderr
+        recv.stderr.read()  # to its end: the receiver has ended
+        assert recv.wait(60) == 0
+    (s_dir,) = (tmp_path / "s").iterdir()
+    rows = (s_dir / "tx_timestamps.csv").read_text().splitlines()[1:]
+    offsets = sorted({int(row.split(",")[1]) for row in rows})
+    frame = wire.HEADER_SIZE + wire.CLOCK_SIZE
+    before = [o for o in offsets if o < 0]
+    assert before == [-3 * frame - 1, -2 * frame - 1, -frame - 1, -1]
+    assert [o for o in offsets if o >= 0][:1] == [SIZE - 1]

@@ -61,6 +61,7 @@ from bufdemo.experiment.recorder import (
 )
 from bufdemo.experiment.wire import (
     CLOCK_SIZE,
+    HEADER_SIZE,
     ClockReading,
     Decoder,
     FrameBlock,
@@ -497,7 +498,7 @@ def run_sender(
                 early = EarlyClockAnswers(sock, result.clock)
                 early.send_frames()
                 if stamp_reader is not None:  # the clock frames precede the first message
-                    stamp_reader.base += CLOCK_SIZE * len(clocksync.BEFORE)
+                    stamp_reader.base += (HEADER_SIZE + CLOCK_SIZE) * len(clocksync.BEFORE)
             send_loop(sock, cfg, log, blocking, sent, block, sampler, progress=progress)
             result.t_done_ns = time.perf_counter_ns()
             sampler.resume()  # the drain is a wait in the kernel: the thread samples it
