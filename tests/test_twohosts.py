@@ -12,21 +12,28 @@ import os
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bufdemo import analysis
+from bufdemo import analysis, probes
 from bufdemo.cli import main
 from bufdemo.errors import ProtocolError
 from bufdemo.experiment import clocksync, netns
 from bufdemo.experiment.receiver import ReceiverResult, receive_loop
-from bufdemo.experiment.recorder import ConsumedLog
-from bufdemo.experiment.sender import FIRST_ANSWER_WAIT
+from bufdemo.experiment.recorder import ConsumedLog, Sampler
+from bufdemo.experiment.sender import (
+    FIRST_ANSWER_WAIT,
+    SO_TIMESTAMPNS,
+    EarlyClockAnswers,
+    arrival_ns,
+)
 from bufdemo.experiment.wire import (
     KIND_CLOCK,
     ClockReading,
@@ -121,7 +128,76 @@ def test_the_test_hook_reads_seconds_and_refuses_nonsense() -> None:
         clocksync.clock_shift_ns({clocksync.CLOCK_SHIFT_ENV: "soon"})
 
 
+def test_an_answers_t4_is_the_kernels_arrival_stamp_within_the_exchange() -> None:
+    real = 1_700_000_000_123_456_789
+    offset = 1_000_000_000_000_000_000  # CLOCK_REALTIME - CLOCK_MONOTONIC
+    stamp = struct.pack("qq", real // 10**9, real % 10**9)
+    arrived = real - offset
+    anc = [(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)]
+    assert arrival_ns(anc, offset, arrived - 5, arrived + 7) == arrived
+    # Another cmsg first (SO_TIMESTAMPING's, with --timestamps): still found.
+    other = (socket.SOL_SOCKET, 37, bytes(48))
+    assert arrival_ns([other, *anc], offset, arrived - 5, arrived + 7) == arrived
+    # No stamp, a short one, or one outside [t1, t_read] (the clock stepped): the read.
+    assert arrival_ns([], offset, arrived - 5, arrived + 7) == arrived + 7
+    short = [(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp[:8])]
+    assert arrival_ns(short, offset, arrived - 5, arrived + 7) == arrived + 7
+    assert arrival_ns(anc, offset, arrived + 1, arrived + 7) == arrived + 7
+    assert arrival_ns(anc, offset, arrived - 5, arrived - 1) == arrived - 1
+
+
 # -- real halves -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read_by", ["finish", "a sample"])
+def test_early_answers_keep_their_arrival_time_and_no_thread_waits_for_them(
+    read_by: str,
+) -> None:
+    """The answers to the clock frames before the data are read by the sender's sampler
+    when a sample finds them in the receive queue, or after the data; no thread is
+    started for them. Their t4 is when they arrived (the kernel's stamp), not when they
+    were read, and once read the receive queue is empty (a socket closed with unread
+    bytes would reset the connection)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered = threading.Event()
+
+    def peer() -> None:  # answers each frame at once, as a bufdemo receiver does
+        conn, _ = listener.accept()
+        with conn:
+            decoder = Decoder(max_length=24)
+            for _ in clocksync.BEFORE:
+                while (msg := decoder.next_message()) is None:
+                    decoder.receive_data(conn.recv(4096))
+                asked = decode_clock(msg)
+                now = time.perf_counter_ns()
+                conn.sendall(encode_clock(ClockReading(asked.seq, asked.t1, now, now)))
+            answered.set()
+            conn.recv(1)  # until the sender closes
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    with listener, socket.create_connection(listener.getsockname()) as sock:
+        clock: list[dict[str, int]] = []
+        early = EarlyClockAnswers(sock, clock)
+        sampler = Sampler(sock, 0.001, count=lambda: 0, gated=True, on_unread=early.poll)
+        threads = threading.active_count()
+        sampler.start()
+        early.send_frames()
+        assert answered.wait(30)
+        time.sleep(0.2)  # the data goes; the answers wait in the receive queue
+        assert threading.active_count() == threads
+        t_before_read = time.perf_counter_ns()
+        if read_by == "a sample":
+            sampler.sample_if_due(time.perf_counter_ns())
+            assert early.done
+            assert probes.queue_in(sock) == 0
+        assert early.finish()
+        sampler.stop()
+        assert early.stamped
+        assert [c["seq"] for c in clock] == list(clocksync.BEFORE)
+        for c in clock:
+            assert c["t1"] <= c["t2"] <= c["t4"] < t_before_read  # the arrival, not the read
+    thread.join(30)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.0001])

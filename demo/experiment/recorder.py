@@ -503,10 +503,12 @@ class Sampler(threading.Thread):
         gated: bool = False,
         *,
         raw: bool = True,
+        on_unread: Callable[[], None] | None = None,
     ) -> None:
         """``raw=False``: parse every probe as it is read, even where probes.RawSample
         could keep the answers raw (what a sample did before; bench.floor --breakdown
-        compares the two)."""
+        compares the two). ``on_unread`` is called, under the samples' lock, after each
+        sample that finds bytes in the socket's receive queue (or cannot tell)."""
         super().__init__(name="bufdemo-sampler", daemon=True)
         self._gate = threading.Event()  # set: the thread samples
         if not gated:
@@ -540,6 +542,7 @@ class Sampler(threading.Thread):
         # as bytes; they become columns in one numpy step (_unstage) per STAGED_ROWS
         # samples, per checkpoint, and before the table is read or written.
         self._raw = probes.RawSample.of(sock) if raw else None
+        self._on_unread = on_unread
         self._staged_ints = array("q")
         self._staged_info = bytearray()
         self._staged_mem = bytearray()
@@ -619,6 +622,8 @@ class Sampler(threading.Thread):
             self._progress[PROGRESS_INQ] = _or_missing(inq)
             for slot, read in self._counters:
                 self._progress[slot] = read()
+        if self._on_unread is not None and (inq is None or inq > 0):
+            self._on_unread()
 
     def _sample_raw(self, t: int, count: int) -> tuple[int, int]:
         """Read every probe, then stage the answers (nothing staged if one fails)."""

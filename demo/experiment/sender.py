@@ -38,6 +38,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from array import array
@@ -48,7 +49,7 @@ from typing import Any
 
 from bufdemo import probes, runformat
 from bufdemo.errors import BufdemoError, PeerError, PeerTimeout
-from bufdemo.experiment import clocksync, txstamps
+from bufdemo.experiment import clocksync, errqueue, txstamps
 from bufdemo.experiment.config import ASYNCIO_MODES, Mode, RunConfig
 from bufdemo.experiment.pacing import WAITING, Pacer
 from bufdemo.experiment.recorder import (
@@ -475,6 +476,9 @@ def run_sender(
     log = SendLog(cfg.messages, cfg.size)
     blocking = BlockingLog()
     sent = array("q", [0])
+    # The first clock frames go before the data; their answers are read as the samples
+    # find them in the receive queue, and after the data.
+    early = EarlyClockAnswers(sock, result.clock) if clock_sync else None
     sampler = Sampler(
         sock,
         cfg.sample_interval,
@@ -482,20 +486,19 @@ def run_sender(
         progress=progress,
         counters={PROGRESS_BLOCKING: lambda: len(blocking)},
         gated=True,  # the send loop samples inline while it runs (see Sampler)
+        on_unread=None if early is None else early.poll,
     )
     try:
         result.t_connected_ns = time.perf_counter_ns()
         start_sizes = identify(sock, result)
         sampler.start()
         hello = encode_hello(Hello(cfg.token, cfg.messages, cfg.size))
-        early: EarlyClockAnswers | None = None
         if stamp_reason is None:
             stamp_reader = txstamps.TxStampProcess(sock, len(hello), no_sched)
             stamp_reader.start()
         try:
             sock.sendall(hello)
-            if clock_sync:  # the first clock frames go before the data, read by a thread
-                early = EarlyClockAnswers(sock, result.clock)
+            if early is not None:
                 early.send_frames()
                 if stamp_reader is not None:  # the clock frames precede the first message
                     stamp_reader.base += (HEADER_SIZE + CLOCK_SIZE) * len(clocksync.BEFORE)
@@ -514,8 +517,6 @@ def run_sender(
             raise
         finally:
             cleanup_begins()  # a stop signal now cannot cut the tables short
-            if early is not None:
-                early.close()
             sampler.stop()
             if stamp_reader is not None:
                 stamp_reader.stop()
@@ -552,72 +553,119 @@ class EarlyClockAnswers:
 
     :meth:`send_frames` sends the frames back to back right after the hello, and the data
     follows at once: waiting for the answers would cost a user whose peer is not a
-    bufdemo receiver (nc, a plain reader) FIRST_ANSWER_WAIT before the first message. A
-    thread takes the answers as they arrive (the reverse direction carries nothing
-    else), stamping t4 when ``recv`` returns; it sleeps in ``select()`` meanwhile, so the
-    send loop does not share the GIL with it until an answer is there. An answer whose
-    t4 came late (the GIL busy) only has a longer round trip: the estimate uses the
-    exchange with the shortest one, and states its error from it.
+    bufdemo receiver (nc, a plain reader) FIRST_ANSWER_WAIT before the first message.
+    The answers are read by :meth:`poll`, which the sender's sampler calls when a sample
+    finds bytes in the receive queue (the reverse direction carries nothing else), and
+    by :meth:`finish` after the data. An answer's t4 is when the kernel stamped its
+    arrival (SO_TIMESTAMPNS: CLOCK_REALTIME, moved onto this process's CLOCK_MONOTONIC),
+    not when it was read. Where the kernel gives no stamp, t4 is the time of the read:
+    a longer round trip, from which the estimate (the exchange with the shortest one)
+    states a larger error.
+
+    No thread is started for them: with a second thread alive, even asleep, every
+    system call of the send loop takes the kernel's and the C library's multi-threaded
+    paths (docs/benchmarks.md, "The clock answers without a thread"). They are not left
+    unread either: a socket closed with unread bytes resets the connection, and a
+    sender killed mid-run would then lose what its send queue still held.
     """
 
     def __init__(self, sock: socket.socket, clock: list[dict[str, int]]) -> None:
         self._sock = sock
-        self.clock = clock  # answers, appended by the thread
+        self.clock = clock  # answers, appended as they are read
         self.t_first_ns = 0
         self.eof = False
         self.error: str | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, name="bufdemo-clock", daemon=True)
+        self.stamped = False  # SO_TIMESTAMPNS is on: arrivals are stamped by the kernel
+        self._decoder = Decoder(CLOCK_SIZE)
+        self._lock = threading.Lock()  # poll() from the sampler's thread, finish() here
+        self._deadline = 0.0  # perf_counter() seconds: the next answer is given up after
 
     def send_frames(self) -> None:
-        self._thread.start()
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.stamped = True
+        except OSError:
+            self.stamped = False  # not Linux: t4 is the time of the read
         self.t_first_ns = time.perf_counter_ns()
+        self._deadline = self.t_first_ns / 1e9 + FIRST_ANSWER_WAIT
         for seq in clocksync.BEFORE:
             self._sock.sendall(encode_clock(ClockReading(seq, time.perf_counter_ns())))
 
-    def _run(self) -> None:
-        decoder = Decoder(CLOCK_SIZE)
-        want = len(clocksync.BEFORE)
+    @property
+    def done(self) -> bool:
+        """Every answer is in, or none will be taken (end of file, not an answer)."""
+        return len(self.clock) >= len(clocksync.BEFORE) or self.eof or self.error is not None
+
+    def poll(self) -> None:
+        """Read the answers already there, without waiting."""
+        if self.done or not self._lock.acquire(blocking=False):
+            return  # finish() is reading them
         try:
-            while len(self.clock) < want:
-                ready, _, _ = select.select([self._sock, self._wake_r], [], [])
-                if self._wake_r in ready:
-                    return
-                try:  # select() also wakes for the error queue (transmit timestamps)
-                    data = self._sock.recv(4096, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    time.sleep(0.001)  # the timestamp reader drains the error queue
-                    continue
-                t4 = time.perf_counter_ns()
-                if not data:
-                    self.eof = True
-                    return
-                decoder.receive_data(data)
-                while (msg := decoder.next_message()) is not None:
-                    self.clock.append({**decode_clock(msg)._asdict(), "t4": t4})
-        except (OSError, BufdemoError) as exc:  # not a bufdemo receiver's answer: no clocks
-            self.error = str(exc)
+            self._read()
+        finally:
+            self._lock.release()
 
     def finish(self) -> bool:
-        """Whether the receiver answers clock frames. Waits for answers still due: for
-        the first up to FIRST_ANSWER_WAIT after the first frame was sent (a wait only if
-        the data took less), for the rest up to CLOCK_TIMEOUT; then :meth:`close`."""
-        t_first = self.t_first_ns / 1e9
-        if self._thread.ident is not None and not self.clock:
-            self._thread.join(max(0.0, t_first + FIRST_ANSWER_WAIT - time.perf_counter()))
-        if self.clock:
-            self._thread.join(CLOCK_TIMEOUT)
-        self.close()
+        """Read the answers still due, and say whether the receiver answers clock frames.
+        The first is waited for up to FIRST_ANSWER_WAIT after the first frame was sent (a
+        wait only if the data took less), each later one up to CLOCK_TIMEOUT."""
+        with self._lock:
+            try:
+                while not self._read():
+                    left = max(0.0, self._deadline - time.perf_counter())
+                    ready, _, _ = select.select([self._sock], [], [], left)
+                    if not ready:
+                        break
+                    if left == 0.0 and not self._read():
+                        break  # only the error queue (transmit timestamps) was there
+                    time.sleep(0.001)  # the timestamp reader drains the error queue
+            finally:
+                with contextlib.suppress(OSError):  # later exchanges stamp t4 as they read
+                    self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
         return bool(self.clock) and self.error is None
 
-    def close(self) -> None:
-        """Stop the thread (at once) and release its wake-up pair; safe to repeat."""
-        if self._thread.ident is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"x")
-            self._thread.join()
-        self._wake_r.close()
-        self._wake_w.close()
+    def _read(self) -> bool:
+        """Take every answer in the receive queue; whether that made us :attr:`done`."""
+        try:
+            while not self.done:
+                try:  # one answer a read: the kernel reports the last arrival a read takes
+                    data, anc, _, _ = self._sock.recvmsg(
+                        HEADER_SIZE + CLOCK_SIZE, errqueue.ANC_SIZE, socket.MSG_DONTWAIT
+                    )
+                except BlockingIOError:
+                    return False
+                t_read = time.perf_counter_ns()
+                if not data:
+                    self.eof = True
+                    break
+                self._decoder.receive_data(data)
+                while (msg := self._decoder.next_message()) is not None:
+                    reading = decode_clock(msg)
+                    offset_ns = errqueue.clock_offset_ns()
+                    t4 = arrival_ns(anc, offset_ns, reading.t1, t_read)
+                    self.clock.append({**reading._asdict(), "t4": t4})
+                    self._deadline = time.perf_counter() + CLOCK_TIMEOUT
+        except (OSError, BufdemoError) as exc:  # not a bufdemo receiver's answer: no clocks
+            self.error = str(exc)
+        return True
+
+
+# SOL_SOCKET's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS) on Linux; not in Python's socket module.
+SO_TIMESTAMPNS = 35
+
+
+def arrival_ns(anc: list[tuple[int, int, bytes]], offset_ns: int, t1: int, t_read: int) -> int:
+    """An answer's t4: the kernel's SCM_TIMESTAMPNS in ``anc`` (CLOCK_REALTIME) less
+    ``offset_ns`` (CLOCK_REALTIME - CLOCK_MONOTONIC), or ``t_read`` where there is no
+    such stamp or it falls outside [t1, t_read] (the clock stepped): never before the
+    question was sent, never after the answer was read."""
+    for level, ctype, data in anc:
+        if level == socket.SOL_SOCKET and ctype == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack_from("qq", data, 0)
+            t4 = int(sec) * 1_000_000_000 + int(nsec) - offset_ns
+            if t1 <= t4 <= t_read:
+                return t4
+    return t_read
 
 
 def _clock_exchanges(
