@@ -24,6 +24,7 @@ from bufdemo import analysis
 from bufdemo.experiment.config import Mode, RunConfig
 from bufdemo.experiment.run import Progress, _without_blas_threads, run_experiment
 from tests.conftest import require_tool
+from tests.procs import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -369,6 +370,33 @@ def test_a_run_stopped_before_the_sender_has_its_address_ends_the_waiting_sender
     meta = json.loads((result.run_dir / "meta.json").read_text())
     assert meta["sender"] is None
     assert meta["receiver"] is not None  # stopped by the interruption: it wrote its record
+    assert not [ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())]
+
+
+def test_a_sender_dead_before_it_has_its_address_is_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    """The sender child died while waiting for the address (killed here from
+    before_sender): handing it the address fails, and the run still ends with its
+    meta.json and says which side died."""
+    import psutil
+
+    def kill_sender() -> None:
+        sides = [ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())]
+        (sender,) = [s for s in sides if not s.net_connections(kind="inet")]
+        sender.kill()
+        # Dead but not reaped (psutil's wait would reap it): its exit code is the run's.
+        wait_until(lambda: sender.status() == psutil.STATUS_ZOMBIE, 30, "the sender to die")
+
+    result = run_experiment(
+        RunConfig(messages=200, recv_delay=0.0, out=tmp_path, plot=False),
+        before_sender=kill_sender,
+    )
+    assert not result.complete
+    assert result.reason is not None
+    assert result.reason.startswith("sender process was killed by SIGKILL")
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert meta["outcome"]["complete"] is False
     assert not [ch for ch in psutil.Process().children() if "spawn_main" in " ".join(ch.cmdline())]
 
 

@@ -509,6 +509,7 @@ def run_experiment(
             # receiver listens and before_sender() has returned.
             ready_recv, ready_send = ctx.Pipe(duplex=False)
             go_recv, go_send = ctx.Pipe(duplex=False)
+            cleanup.callback(go_send.close)  # any exit: a sender still waiting ends
             try:
                 receiver = ctx.Process(
                     target=_receiver_child,
@@ -536,7 +537,8 @@ def run_experiment(
             else:
                 witnesses.start(address.port)  # before the sender connects: SYN recorded
                 before_sender()
-                go_send.send((address.host, address.port))
+                with contextlib.suppress(OSError):  # a sender already dead: _watch says so
+                    go_send.send((address.host, address.port))
                 go_send.close()
                 survivor = _watch(
                     receiver, sender, send_progress, recv_progress, on_progress, t_start
