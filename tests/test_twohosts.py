@@ -436,3 +436,28 @@ def test_merging_the_halves_the_wrong_way_round_is_a_usage_error(
     assert main(["merge", str(r_dir), str(s_dir)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("bufdemo: usage error: SENDER_RUN: has no sender record"), line
+
+
+def test_an_answer_after_finish_gave_up_is_left_to_the_exchanges_after_the_data() -> None:
+    """finish() gave up waiting (FIRST_ANSWER_WAIT passed without an answer): an answer
+    that comes later is not taken by a sample; the bytes after that point belong to the
+    exchanges after the data and the drain."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as sock:
+        conn, _ = listener.accept()
+        with conn:
+            clock: list[dict[str, int]] = []
+            early = EarlyClockAnswers(sock, clock)
+            sampler = Sampler(sock, 0.001, count=lambda: 0, gated=True, on_unread=early.poll)
+            sampler.start()
+            early.send_frames()
+            assert not early.finish()  # the peer has not answered: given up
+            late = encode_clock(ClockReading(clocksync.BEFORE[0], 1, 2, 3))
+            conn.sendall(late)
+            wait_for = time.monotonic() + 30
+            while probes.queue_in(sock) != len(late) and time.monotonic() < wait_for:
+                time.sleep(0.01)
+            sampler.sample_if_due(time.perf_counter_ns())
+            sampler.stop()
+            assert clock == []
+            assert probes.queue_in(sock) == len(late)  # still there for whoever reads next

@@ -579,6 +579,7 @@ class EarlyClockAnswers:
         self._decoder = Decoder(CLOCK_SIZE)
         self._lock = threading.Lock()  # poll() from the sampler's thread, finish() here
         self._deadline = 0.0  # perf_counter() seconds: the next answer is given up after
+        self._finished = False  # finish() has returned: later bytes are not ours to read
 
     def send_frames(self) -> None:
         try:
@@ -598,8 +599,8 @@ class EarlyClockAnswers:
 
     def poll(self) -> None:
         """Read the answers already there, without waiting."""
-        if self.done or not self._lock.acquire(blocking=False):
-            return  # finish() is reading them
+        if self._finished or self.done or not self._lock.acquire(blocking=False):
+            return  # finish() is reading them, or has given up on them
         try:
             self._read()
         finally:
@@ -616,10 +617,15 @@ class EarlyClockAnswers:
                     ready, _, _ = select.select([self._sock], [], [], left)
                     if not ready:
                         break
-                    if left == 0.0 and not self._read():
-                        break  # only the error queue (transmit timestamps) was there
-                    time.sleep(0.001)  # the timestamp reader drains the error queue
+                    had = len(self.clock)
+                    if self._read():
+                        break
+                    if len(self.clock) == had:  # only the error queue (transmit timestamps)
+                        if left == 0.0:
+                            break
+                        time.sleep(0.001)  # the timestamp reader drains it
             finally:
+                self._finished = True  # what comes later is the exchanges' after the data
                 with contextlib.suppress(OSError):  # later exchanges stamp t4 as they read
                     self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
         return bool(self.clock) and self.error is None
