@@ -7,6 +7,7 @@ the true offset is 0, or the amount the test hook shifts the receiver's clock by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,30 @@ def test_an_answers_t4_is_the_kernels_arrival_stamp_within_the_exchange() -> Non
 # -- real halves -----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def receive_stamping_on() -> Iterator[None]:
+    """Hold the kernel's receive stamping on, once it is: it comes on a moment after the
+    first socket on the machine asks for it (docs/two-hosts.md), and a segment that
+    arrives before that carries no stamp. Waits until a byte sent on loopback comes
+    with one."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as out,
+    ):
+        into, _ = listener.accept()
+        with into:
+            into.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            deadline = time.monotonic() + 30
+            while True:
+                out.sendall(b"x")
+                _, anc, _, _ = into.recvmsg(1, socket.CMSG_SPACE(16))
+                if any(lvl == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS for lvl, kind, _ in anc):
+                    break
+                assert time.monotonic() < deadline, "the kernel's receive stamping never came on"
+                time.sleep(0.001)
+            yield
+
+
 @pytest.mark.parametrize("read_by", ["finish", "a sample"])
 def test_early_answers_keep_their_arrival_time_and_no_thread_waits_for_them(
     read_by: str,
@@ -157,7 +182,9 @@ def test_early_answers_keep_their_arrival_time_and_no_thread_waits_for_them(
     when a sample finds them in the receive queue, or after the data; no thread is
     started for them. Their t4 is when they arrived (the kernel's stamp), not when they
     were read, and once read the receive queue is empty (a socket closed with unread
-    bytes would reset the connection)."""
+    bytes would reset the connection). The stamps are asked for as soon as the reader
+    exists, before the frames: the kernel's stamping comes on a moment later (which the
+    test waits for, as a sender's answers do while the receiver reads its hello)."""
     listener = socket.create_server(("127.0.0.1", 0))
     answered = threading.Event()
 
@@ -179,11 +206,13 @@ def test_early_answers_keep_their_arrival_time_and_no_thread_waits_for_them(
     with listener, socket.create_connection(listener.getsockname()) as sock:
         clock: list[dict[str, int]] = []
         early = EarlyClockAnswers(sock, clock)
+        assert sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 1
         sampler = Sampler(sock, 0.001, count=lambda: 0, gated=True, on_unread=early.poll)
         threads = threading.active_count()
         sampler.start()
-        early.send_frames()
-        assert answered.wait(30)
+        with receive_stamping_on():
+            early.send_frames()
+            assert answered.wait(30)
         time.sleep(0.2)  # the data goes; the answers wait in the receive queue
         assert threading.active_count() == threads
         t_before_read = time.perf_counter_ns()

@@ -580,13 +580,17 @@ class EarlyClockAnswers:
         self._lock = threading.Lock()  # poll() from the sampler's thread, finish() here
         self._deadline = 0.0  # perf_counter() seconds: the next answer is given up after
         self._finished = False  # finish() has returned: later bytes are not ours to read
-
-    def send_frames(self) -> None:
+        # Asked for here, right after the connection, not with the frames: the kernel
+        # switches receive stamping on a moment after the first socket on the machine
+        # asks for it (a deferred work item), and an answer that arrives before that
+        # carries no stamp (docs/two-hosts.md, "t4").
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.stamped = True
         except OSError:
             self.stamped = False  # not Linux: t4 is the time of the read
+
+    def send_frames(self) -> None:
         self.t_first_ns = time.perf_counter_ns()
         self._deadline = self.t_first_ns / 1e9 + FIRST_ANSWER_WAIT
         for seq in clocksync.BEFORE:
