@@ -48,6 +48,7 @@ __all__ = [
     "blocked",
     "cleanup_begins",
     "stop_when_orphaned",
+    "stops_deferred",
     "unblock",
 ]
 
@@ -109,6 +110,47 @@ def cleanup_begins() -> None:
     is being written (call it first in a ``finally`` that writes tables)."""
     if _installed is not None and threading.current_thread() is threading.main_thread():
         _installed.raising = False
+
+
+class stops_deferred:  # a context manager, named as its use reads
+    """A stop signal that arrives inside the block is raised as it ends, not inside it.
+
+    For the few statements that update a record together (a block of send times stored
+    and the count of rows it holds): cut in two by a KeyboardInterrupt, the record would
+    lose the block, or count it twice where a ``finally`` records it again. Does nothing
+    where no :class:`StopSignals` raises (none installed, cleanup begun, a stop already
+    raised, or not the main thread). Not for a block that calls :func:`cleanup_begins`.
+    It costs 1.2 - 1.4 us here, once per block of messages, not per message::
+
+        python -m timeit -s "from bufdemo.signals import StopSignals, stops_deferred" \\
+            -s "StopSignals().install()" "with stops_deferred(): pass"
+    """
+
+    __slots__ = ("_count", "_stops")
+
+    def __init__(self) -> None:
+        self._stops: StopSignals | None = None
+        self._count = 0
+
+    def __enter__(self) -> None:
+        stops = _installed
+        if (
+            stops is not None
+            and stops.raising
+            and threading.current_thread() is threading.main_thread()
+        ):
+            stops.raising = False
+            self._stops, self._count = stops, stops.count
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        stops, self._stops = self._stops, None
+        if stops is None:
+            return
+        if stops.count == self._count:
+            stops.raising = True  # none came: the next one raises, as before
+        elif kind is None:
+            raise KeyboardInterrupt  # it came inside: raised now, the block whole
+        # else: an exception is already on its way out; the stop signal was counted
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -402,6 +403,118 @@ def test_once_cleanup_has_begun_a_stop_signal_is_only_counted() -> None:
         time.sleep(0.05)  # the handler runs; nothing is raised
         assert stops.count == 1
     cleanup_begins()  # no policy installed: nothing to do, nothing raised
+
+
+def test_a_stop_signal_inside_stops_deferred_is_raised_as_the_block_ends() -> None:
+    """The statements that update a record together run whole: a stop signal that comes
+    inside is raised after them; none leaves the policy as it was; one that comes while
+    another exception is on its way out is only counted."""
+    from bufdemo.signals import StopSignals, stops_deferred
+
+    done: list[str] = []
+
+    def block(signalled: bool, failing: bool = False) -> None:
+        with stops_deferred():
+            if signalled:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here, between bytecodes: nothing raised
+            if failing:
+                raise ValueError("already failing")
+            done.append("whole")
+
+    def stop() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+    with StopSignals() as stops:
+        with pytest.raises(KeyboardInterrupt):
+            block(signalled=True)
+        assert done == ["whole"]
+        assert stops.count == 1
+        assert not stops.raising  # that was the first stop: later ones are counted
+
+    with StopSignals() as stops:
+        block(signalled=False)
+        assert stops.raising  # none came: the next one still raises
+        with pytest.raises(KeyboardInterrupt):
+            stop()
+
+    with StopSignals() as stops:
+        with pytest.raises(ValueError, match="already failing"):
+            block(signalled=True, failing=True)
+        assert stops.count == 1  # counted; the ValueError went on, not replaced
+
+    block(signalled=False)  # no policy installed: nothing to do
+    assert done == ["whole", "whole", "whole"]
+
+
+def test_a_stop_signal_while_a_block_is_stored_loses_no_send(
+    tcp_pair: Callable[..., tuple[socket.socket, socket.socket]],
+) -> None:
+    """Ctrl-C at the moment the send loop stores a block of send times: the block is
+    stored and counted before the loop stops. (Cut there, the record lost the whole
+    block: a stopped `bufdemo run` sender once recorded 0 messages sent, its receiver
+    having read more than 20.)"""
+    from bufdemo.experiment.config import RunConfig
+    from bufdemo.experiment.recorder import BlockingLog, SendLog
+    from bufdemo.experiment.sender import frames_per_block, send_loop
+    from bufdemo.signals import StopSignals
+
+    cfg = RunConfig(messages=3 * 1024, size=64)
+    per_block = frames_per_block(cfg.size)
+    assert per_block == 1024
+
+    class StoppedWhileStoring(SendLog):
+        def store(self, first: int, stamps: list[int]) -> int:
+            if first == per_block:  # the second block: Ctrl-C arrives as it is stored
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().store(first, stamps)
+
+    client, server = tcp_pair()
+    reader = threading.Thread(target=lambda: _read_all(server), daemon=True)
+    reader.start()
+    log, sent = StoppedWhileStoring(cfg.messages, cfg.size), [0]
+    with StopSignals(), pytest.raises(KeyboardInterrupt):
+        send_loop(client, cfg, log, BlockingLog(), sent)
+    assert log.rows == sent[0] == 2 * per_block
+    client.close()
+    reader.join(30)
+
+
+def test_a_stop_signal_right_after_a_batch_is_recorded_records_it_once(
+    tcp_pair: Callable[..., tuple[socket.socket, socket.socket]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The paced receive loop records a batch of frames, then clears it; when the loop
+    breaks off, its handler records a batch still there. Ctrl-C right after the
+    recording, before the clearing, must not record the batch twice."""
+    from bufdemo.experiment import receiver
+    from bufdemo.experiment.recorder import ConsumedLog
+    from bufdemo.experiment.wire import FrameBlock, Hello
+    from bufdemo.signals import StopSignals
+
+    messages, size = 600, 64
+    block = FrameBlock(size, messages)
+    block.fill(0)
+    record_block = receiver._record_block
+
+    def record_then_stop(*args: Any) -> None:
+        record_block(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(receiver, "_record_block", record_then_stop)
+    client, server = tcp_pair()
+    client.sendall(b"".join(bytes(view) for view in block.views))  # all in the kernel
+    log, result = ConsumedLog(messages), receiver.ReceiverResult()
+    with StopSignals(), pytest.raises(KeyboardInterrupt):
+        receiver.receive_loop(server, Hello(bytes(16), messages, size), 1e-5, log, result)
+    assert log.rows == result.messages == result.intact > 0
+    assert list(log.seq[: log.rows]) == list(range(log.rows))  # each frame once
+
+
+def _read_all(sock: socket.socket) -> None:
+    while sock.recv(1 << 16):
+        pass
 
 
 def test_a_child_started_inside_blocked_starts_with_the_stop_signals_held(

@@ -82,7 +82,7 @@ from bufdemo.experiment.sender import (
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
 from bufdemo.runformat import AsyncioRecord
-from bufdemo.signals import cleanup_begins
+from bufdemo.signals import cleanup_begins, stops_deferred
 
 __all__ = [
     "TransportSampler",
@@ -325,7 +325,8 @@ async def _write_all(
                         await writer.drain()  # returns at once (not paused)
                 stamp(now())
         finally:
-            sent[0] = store(first, stamps)
+            with stops_deferred():  # a Ctrl-C right here must not lose the block
+                sent[0] = store(first, stamps)
         state.buffered_peak = max(state.buffered_peak, buffered())
         if transport.is_closing():  # write() after a lost connection drops data silently
             raise PeerError(

@@ -68,7 +68,7 @@ from bufdemo.experiment.wire import (
 )
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import ReceiverRecord
-from bufdemo.signals import cleanup_begins
+from bufdemo.signals import cleanup_begins, stops_deferred
 
 __all__ = ["ReceiverResult", "listen", "receive_loop", "run_receiver"]
 
@@ -393,12 +393,13 @@ def _frame_loop(
                 n, waited = 0, True
             if waited:  # about to wait in the kernel (or at the FIN): record what we have
                 if j:
-                    rest = _flush(buf, j, n, checker, log, result, reads, starts, ends)
+                    with stops_deferred():  # recorded and j cleared, or neither
+                        rest = _flush(buf, j, n, checker, log, result, reads, starts, ends)
+                        flushed, j = j, 0
                     if rest is not None:
                         pacer.start_ns, pacer.end_ns = start, end
                         return rest
-                    buf[:n] = buf[j * size : j * size + n]
-                    j = 0
+                    buf[:n] = buf[flushed * size : flushed * size + n]
                 if n == 0:
                     try:
                         with inline.waiting():
@@ -443,8 +444,9 @@ def _frame_loop(
                 due = inline.sample()
             j += 1
             if j == batch:
-                rest = _flush(buf, j, 0, checker, log, result, reads, starts, ends)
-                j = 0
+                with stops_deferred():  # else the handler below would record it twice
+                    rest = _flush(buf, j, 0, checker, log, result, reads, starts, ends)
+                    j = 0
                 if rest is not None:
                     pacer.start_ns, pacer.end_ns = start, end
                     return rest
@@ -536,15 +538,17 @@ def _bulk_loop(
         t_read = now()
         start = pacer.pace(t_read if waited else WAITING)
         if frames < BLOCK_MIN_FRAMES:
-            for j in range(frames):
-                checked = checker.check_one(buf, j * size)
-                if checked is None:
-                    return buf[j * size : filled]
-                seq, ok, in_order = checked
-                _record(log, result, seq, t_read, start, now(), ok, in_order)
+            with stops_deferred():  # each row and the counts with it
+                for j in range(frames):
+                    checked = checker.check_one(buf, j * size)
+                    if checked is None:
+                        return buf[j * size : filled]
+                    seq, ok, in_order = checked
+                    _record(log, result, seq, t_read, start, now(), ok, in_order)
         else:
             block = checker.check_block(buf, frames)  # a bytearray: one memcmp
-            _record_block(log, result, block, t_read, start, now())
+            with stops_deferred():  # the rows and the counts together
+                _record_block(log, result, block, t_read, start, now())
             if block.anomaly:
                 return buf[block.frames * size : filled]
         used = frames * size

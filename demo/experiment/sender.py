@@ -73,7 +73,7 @@ from bufdemo.experiment.wire import (
 )
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import AsyncioRecord, SenderRecord
-from bufdemo.signals import cleanup_begins
+from bufdemo.signals import cleanup_begins, stops_deferred
 
 __all__ = ["SenderResult", "connect", "identify", "open_connection", "run_sender", "send_loop"]
 
@@ -309,7 +309,8 @@ def send_loop(
                             blocked(view, n, first + len(stamps))
                         stamp(now())
             finally:
-                sent[0] = store(first, stamps)
+                with stops_deferred():  # a Ctrl-C right here must not lose the block
+                    sent[0] = store(first, stamps)
             if sampler is not None:
                 sampler.sample_if_due(now())
     except (BrokenPipeError, ConnectionResetError) as exc:
