@@ -652,7 +652,8 @@ def _decoder_loop(
         in_order = msg.seq == expected
         expected = msg.seq + 1
         whole = len(msg.payload) == plen
-        _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
+        with stops_deferred():  # the row and the counts together
+            _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
 
 
 def _answer_clock(sock: socket.socket, msg: Message, t_read: int, result: ReceiverResult) -> None:
