@@ -3,7 +3,10 @@
 Everything here runs the real command in a subprocess, as a user would, and reads its
 times from what it wrote (the --json output, meta.json). Each figure is a ratio to a
 bare reference measured in the same run, the two alternated for --rounds rounds so that
-drift on a shared machine hits both alike; medians are compared.
+drift on a shared machine hits both alike; medians are compared. The sender figure
+also gives each round's ratio (against the bare run of the same round) and judges its
+goal on them: a goal is met or missed only when every round agrees, "unsettled" when
+the machine's noise is larger than the margin.
 
 - **pipeline** (goal 1): `bufdemo run --recv-delay 0 --no-plot --json`, rate =
   messages / receiver_seconds (summary.json); bare = a sender process doing one
@@ -57,7 +60,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.common import drain_receiver, median, recording_floor, spread
+from bench.common import drain_receiver, median, recording_floor, round_verdict, spread
 from bufdemo.experiment.sender import frames_per_block
 
 BUFDEMO = str(Path(sys.executable).with_name("bufdemo"))  # the installed console script
@@ -269,11 +272,13 @@ def sender(
                             reader_starts.append(start_s)
                 b, c = median(rates["bare"]), median(rates["cli"])
                 f = median(rates["floor"])
-                verdict = "meets" if c / b >= goal else "MISSES"
+                paired = [cli / bare for cli, bare in zip(rates["cli"], rates["bare"], strict=True)]
+                verdict = round_verdict(paired, goal)
                 line = (
                     f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
-                    f"ratio {c / b:.3f}  [goal >= {goal:.2f}: {verdict}]  "
+                    f"ratio {c / b:.3f}, by round {median(paired):.3f} "
+                    f"({min(paired):.3f} .. {max(paired):.3f})  [goal >= {goal:.2f}: {verdict}]  "
                     f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it  "
                     f"connect -> first send {median(to_first) * 1e3:.1f} ms  "
                     f"work between blocks {median([us for us, _ in blocks]):.0f} us a block, "

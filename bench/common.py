@@ -7,7 +7,7 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
@@ -56,6 +56,19 @@ def median(values: list[float]) -> float:
 def spread(values: list[float]) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:,.0f} .. {hi:,.0f}"
+
+
+def round_verdict(ratios: Sequence[float], goal: float) -> str:
+    """A goal's verdict on per-round ratios, each a run against the bare run of its own
+    round: "meets" or "MISSES" when every round falls on the same side of the goal,
+    else how many rounds met it (the machine's noise is larger than the margin: the
+    medians' ratio alone would hide that)."""
+    met = sum(r >= goal for r in ratios)
+    if met == len(ratios):
+        return "meets"
+    if met == 0:
+        return "MISSES"
+    return f"unsettled: {met} of {len(ratios)} rounds meet it"
 
 
 def recording_floor(sock: socket.socket, n: int, size: int) -> None:
