@@ -174,6 +174,27 @@ def receive_stamping_on() -> Iterator[None]:
             yield
 
 
+def test_while_a_socket_keeps_receive_stamping_on_a_new_one_is_stamped_at_once() -> None:
+    """The kernel's receive stamping is global: once on, a socket that asks for it gets
+    a stamp on the very next segment (switching it on from off takes a moment, which
+    receive_stamping_on waits for; on an idle machine a byte sent right after the first
+    request often arrives unstamped)."""
+    with receive_stamping_on():
+        for _ in range(5):
+            with (
+                socket.create_server(("127.0.0.1", 0)) as listener,
+                socket.create_connection(listener.getsockname()) as out,
+            ):
+                into, _ = listener.accept()
+                with into:
+                    into.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                    out.sendall(b"x")
+                    _, anc, _, _ = into.recvmsg(1, socket.CMSG_SPACE(16))
+                    assert [(lvl, kind) for lvl, kind, _ in anc] == [
+                        (socket.SOL_SOCKET, SO_TIMESTAMPNS)
+                    ]
+
+
 @pytest.mark.parametrize("read_by", ["finish", "a sample"])
 def test_early_answers_keep_their_arrival_time_and_no_thread_waits_for_them(
     read_by: str,
