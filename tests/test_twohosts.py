@@ -160,6 +160,7 @@ def receive_stamping_on() -> Iterator[None]:
         socket.create_server(("127.0.0.1", 0)) as listener,
         socket.create_connection(listener.getsockname()) as out,
     ):
+        out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each byte at once
         into, _ = listener.accept()
         with into:
             into.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)

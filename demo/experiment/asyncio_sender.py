@@ -82,7 +82,7 @@ from bufdemo.experiment.sender import (
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
 from bufdemo.runformat import AsyncioRecord
-from bufdemo.signals import cleanup_begins, stops_deferred
+from bufdemo.signals import cleanup_begins
 
 __all__ = [
     "TransportSampler",
@@ -325,8 +325,13 @@ async def _write_all(
                         await writer.drain()  # returns at once (not paused)
                 stamp(now())
         finally:
-            with stops_deferred():  # a Ctrl-C right here must not lose the block
+            # Stored whole even when the first stop signal cuts the store short: the
+            # retry writes the same rows, and StopSignals only counts later signals.
+            try:
                 sent[0] = store(first, stamps)
+            except KeyboardInterrupt:
+                sent[0] = store(first, stamps)
+                raise
         state.buffered_peak = max(state.buffered_peak, buffered())
         if transport.is_closing():  # write() after a lost connection drops data silently
             raise PeerError(

@@ -538,16 +538,15 @@ def _bulk_loop(
         t_read = now()
         start = pacer.pace(t_read if waited else WAITING)
         if frames < BLOCK_MIN_FRAMES:
-            with stops_deferred():  # each row and the counts with it
-                for j in range(frames):
-                    checked = checker.check_one(buf, j * size)
-                    if checked is None:
-                        return buf[j * size : filled]
-                    seq, ok, in_order = checked
-                    _record(log, result, seq, t_read, start, now(), ok, in_order)
+            for j in range(frames):
+                checked = checker.check_one(buf, j * size)
+                if checked is None:
+                    return buf[j * size : filled]
+                seq, ok, in_order = checked
+                _record(log, result, seq, t_read, start, now(), ok, in_order)
         else:
             block = checker.check_block(buf, frames)  # a bytearray: one memcmp
-            with stops_deferred():  # the rows and the counts together
+            with stops_deferred():  # the rows and the counts together (32 frames or more)
                 _record_block(log, result, block, t_read, start, now())
             if block.anomaly:
                 return buf[block.frames * size : filled]
@@ -652,8 +651,7 @@ def _decoder_loop(
         in_order = msg.seq == expected
         expected = msg.seq + 1
         whole = len(msg.payload) == plen
-        with stops_deferred():  # the row and the counts together
-            _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
+        _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
 
 
 def _answer_clock(sock: socket.socket, msg: Message, t_read: int, result: ReceiverResult) -> None:

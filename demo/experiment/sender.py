@@ -73,7 +73,7 @@ from bufdemo.experiment.wire import (
 )
 from bufdemo.net import Address, timeval
 from bufdemo.runformat import AsyncioRecord, SenderRecord
-from bufdemo.signals import cleanup_begins, stops_deferred
+from bufdemo.signals import cleanup_begins
 
 __all__ = ["SenderResult", "connect", "identify", "open_connection", "run_sender", "send_loop"]
 
@@ -309,8 +309,13 @@ def send_loop(
                             blocked(view, n, first + len(stamps))
                         stamp(now())
             finally:
-                with stops_deferred():  # a Ctrl-C right here must not lose the block
+                # Stored whole even when the first stop signal cuts the store short: the
+                # retry writes the same rows, and StopSignals only counts later signals.
+                try:
                     sent[0] = store(first, stamps)
+                except KeyboardInterrupt:
+                    sent[0] = store(first, stamps)
+                    raise
             if sampler is not None:
                 sampler.sample_if_due(now())
     except (BrokenPipeError, ConnectionResetError) as exc:
