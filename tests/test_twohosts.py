@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,6 +287,54 @@ def test_a_clock_frame_right_behind_the_data_is_answered_when_read_with_it(
         conn.close()
     assert not loop.is_alive()
     assert result.messages == messages
+
+
+@pytest.mark.parametrize("delay", [0.0, 1e-6])
+def test_the_data_behind_the_clock_frames_goes_back_to_the_fast_loop(
+    delay: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A by-hand sender's data follows its clock frames at once, so the receiver's first
+    read holds both. The general loop answers the frames, takes the data frames read
+    with them, and hands back to the fast loop as soon as it holds nothing more (it
+    used to keep every message to the end: a recv and a decode per message)."""
+    from bufdemo.experiment import receiver
+
+    messages, size = 20_000, 64
+    block = FrameBlock(size, messages)
+    block.fill(0)
+    data = b"".join(bytes(view) for view in block.views)
+    clocks = b"".join(encode_clock(ClockReading(seq, 1)) for seq in clocksync.BEFORE)
+    in_decoder: list[int] = []  # rows each call of the general loop recorded
+    decoder_loop = receiver._decoder_loop
+
+    def counted(*args: Any) -> int | None:
+        log: ConsumedLog = args[5]
+        before = log.rows
+        try:
+            return decoder_loop(*args)
+        finally:
+            in_decoder.append(log.rows - before)
+
+    monkeypatch.setattr(receiver, "_decoder_loop", counted)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as sender:
+        conn, _ = listener.accept()
+        result = ReceiverResult()
+        loop = threading.Thread(
+            target=receive_loop,
+            args=(conn, Hello(bytes(16), messages, size), delay, ConsumedLog(messages), result),
+            daemon=True,
+        )
+        loop.start()
+        sender.sendall(clocks + data)
+        sender.shutdown(socket.SHUT_WR)
+        loop.join(60)
+        conn.close()
+    assert not loop.is_alive()
+    assert result.messages == result.intact == messages
+    assert len(result.clock) == len(clocksync.BEFORE)
+    assert len(in_decoder) == 1  # entered once, for the clock frames
+    assert in_decoder[0] <= receiver.BULK_BYTES // size  # at most what was read with them
 
 
 def _halves(

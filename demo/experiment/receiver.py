@@ -606,8 +606,10 @@ def _decoder_loop(
 ) -> int | None:
     """The general loop: one frame at a time through the incremental Decoder.
 
-    Returns None at the sender's FIN, or the next expected sequence number once a clock
-    frame was answered with nothing else buffered (the fast loop takes over again)."""
+    Returns None at the sender's FIN, or the next expected sequence number as soon as
+    it holds nothing more, after a clock frame answered or a data frame recorded: the
+    fast loop takes over again (a by-hand sender's data follows its clock frames at
+    once, and would otherwise all go through here)."""
     plen = hello.size - HEADER_SIZE
     delay_ns = pacer.interval_ns
     now = time.perf_counter_ns
@@ -652,6 +654,8 @@ def _decoder_loop(
         expected = msg.seq + 1
         whole = len(msg.payload) == plen
         _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
+        if not decoder.buffered:
+            return expected  # back to the fast loop, from the next frame on
 
 
 def _answer_clock(sock: socket.socket, msg: Message, t_read: int, result: ReceiverResult) -> None:
