@@ -30,6 +30,10 @@ the machine's noise is larger than the margin.
 - **witness hook** (goal 4): ``--witness-args "--flag ..."`` runs the sender figure a
   second time with those flags added to `bufdemo send` (``--timestamps``) and prints
   the points lost.
+- **by-hand** (the receiver of goal 1 as two-host runs use it): `bufdemo receive
+  --recv-delay 0 --json` and `bufdemo send` to it, rate = messages / (``t_done_ns`` -
+  ``t_connected_ns``) of the receiver's record, against the same bare pipeline. The
+  sender's clock frames come first, then the data at once.
 - **run-witness** (goal 4, the witnesses `bufdemo run` alone has): `bufdemo run
   --recv-delay 0` as in the pipeline part, plain and with ``--run-witness-args``
   (default ``--trace --capture``, root), alternated with the bare pipeline; for each,
@@ -40,7 +44,8 @@ the machine's noise is larger than the margin.
 2 cores the scheduler otherwise sometimes puts a sender and the reader on one CPU, and
 the bare reference moves by tens of points from round to round.
 
-    python -m bench.cli [--parts pipeline sender startup run-witness] [--rounds 3] [--pin]
+    python -m bench.cli [--parts pipeline sender startup run-witness by-hand] [--rounds 3]
+        [--pin]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -149,6 +155,50 @@ def pipeline(n: int, rounds: int, out: Path) -> None:
             f"  {size:>5} B  bare {median(bare):>11,.0f} msg/s ({spread(bare)})  "
             f"bufdemo run {median(cli):>11,.0f} msg/s ({spread(cli)})  "
             f"ratio {ratio:.3f}  [goal >= 0.6: {verdict}]"
+        )
+
+
+def cli_by_hand(n: int, size: int, out: Path) -> float:
+    """`bufdemo receive --recv-delay 0` and `bufdemo send` to it, two commands as a user
+    runs them for two hosts (the sender's clock frames included): the receiver's rate,
+    messages / (``t_done_ns`` - ``t_connected_ns``) of its --json record."""
+    recv = subprocess.Popen(
+        [BUFDEMO, "receive", "--recv-delay", "0", "--listen", "127.0.0.1:0", "--json",
+         "--out", str(out / "receive")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert recv.stderr is not None
+    found = re.search(r"listening on (\S+?);", recv.stderr.readline())
+    if found is None:
+        recv.kill()
+        raise SystemExit(f"bufdemo receive did not listen: {recv.communicate()[1][-400:]}")
+    bufdemo(["send", "--to", found.group(1), "-n", str(n), "--size", str(size), "--json",
+             "--out", str(out / "send")])  # fmt: skip
+    stdout, stderr = recv.communicate(timeout=600)
+    if recv.returncode != 0:
+        raise SystemExit(f"bufdemo receive failed: {stderr.strip()[-400:]}")
+    r = json.loads(stdout)
+    if r["intact"] != n:
+        raise SystemExit(f"bufdemo receive: {r['intact']} of {n} messages intact")
+    return n / ((int(r["t_done_ns"]) - int(r["t_connected_ns"])) / 1e9)
+
+
+def by_hand(n: int, rounds: int, out: Path) -> None:
+    print(
+        f"by hand: `bufdemo receive --recv-delay 0` + `bufdemo send`, {n:,} messages, "
+        f"{rounds} alternating rounds (against the bare pipeline; goal 1's bar is for "
+        "`bufdemo run`, shown for comparison)"
+    )
+    for size in SIZES:
+        bare, cli = [], []
+        for _ in range(rounds):
+            bare.append(bare_pipeline(n, size))
+            cli.append(cli_by_hand(n, size, out))
+        ratio = median(cli) / median(bare)
+        print(
+            f"  {size:>5} B  bare {median(bare):>11,.0f} msg/s ({spread(bare)})  "
+            f"by hand {median(cli):>11,.0f} msg/s ({spread(cli)})  "
+            f"ratio {ratio:.3f}  [goal 1's bar >= {PIPELINE_GOAL}]"
         )
 
 
@@ -344,7 +394,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--parts", nargs="+", default=["pipeline", "sender", "startup"],
-        choices=["pipeline", "sender", "startup", "run-witness"],
+        choices=["pipeline", "sender", "startup", "run-witness", "by-hand"],
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pipeline-messages", type=int, default=200_000)
@@ -367,6 +417,8 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="bufdemo-bench-cli-"))
     if "pipeline" in args.parts:
         pipeline(args.pipeline_messages, args.rounds, out / "pipeline")
+    if "by-hand" in args.parts:
+        by_hand(args.pipeline_messages, args.rounds, out / "by-hand")
     if "sender" in args.parts:
         witness = shlex.split(args.witness_args)
         sender(args.sender_messages, args.rounds, out / "sender", witness, args.pin)
