@@ -30,8 +30,9 @@ A sender whose frames never match (other payloads) stops being tried after a few
 
 A frame that is not a well-formed data frame of the announced size (a wrong magic,
 kind, reserved byte or length) is an *anomaly*: the checkers stop before it and say
-where, and the receiver hands the rest of the stream to the incremental Decoder, which
-raises the precise ProtocolError or decodes the odd frame as not intact.
+where, and the receiver hands the stream to the incremental Decoder, which raises the
+precise ProtocolError or decodes the odd frame as not intact (and hands the stream back
+once it holds nothing more after a frame of the announced size).
 """
 
 from __future__ import annotations

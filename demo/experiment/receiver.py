@@ -231,8 +231,10 @@ def receive_loop(
     :class:`~bufdemo.experiment.framecheck.FrameChecker`: with a delay, one frame per
     ``recv_into`` (the rest stays in the kernel); at delay 0, as many as the kernel has
     (up to BULK_BYTES) per ``recv_into``, checked as a block. A frame that is not a
-    well-formed data frame of that size hands the rest of the stream to the incremental
-    :class:`Decoder` (which reads one frame at a time and raises the precise error).
+    well-formed data frame of that size (a clock frame, or an anomaly) hands the stream
+    to the incremental :class:`Decoder` (which reads one frame at a time, answers a
+    clock frame, and raises the precise error), which hands it back as soon as it holds
+    nothing more after a clock frame or a data frame of the announced size.
     """
     delay_ns = round(recv_delay * 1e9)
     # Ready to serve from now on: a first frame already waiting starts here.
@@ -384,6 +386,11 @@ def _frame_loop(
     start, end = pacer.start_ns, pacer.end_ns
     due, nap = inline.due, inline.nap
     j = 0
+    # The first frame read after entering (the start, or back from the decoder) may be
+    # a clock frame: a by-hand sender's come right before its data, which fills the
+    # slot. It is checked before it is paced, once per entry: else a batch of misread
+    # slots would be served before the check found them, and the answers held up.
+    entering = True
     try:
         while True:
             try:
@@ -425,6 +432,11 @@ def _frame_loop(
                         result.truncated_bytes = n
                         return None
                     n += got
+            if entering:
+                entering = False
+                if _foreign(buf, n, size):  # slot 0: j is 0 on entry
+                    pacer.start_ns, pacer.end_ns = start, end
+                    return buf[:n]
             t_read = now()
             # The pacing rule (Pacer.pace), inline: a frame we had to wait for starts when
             # it was read, one already in the kernel at the previous target end.
@@ -607,9 +619,10 @@ def _decoder_loop(
     """The general loop: one frame at a time through the incremental Decoder.
 
     Returns None at the sender's FIN, or the next expected sequence number as soon as
-    it holds nothing more, after a clock frame answered or a data frame recorded: the
-    fast loop takes over again (a by-hand sender's data follows its clock frames at
-    once, and would otherwise all go through here)."""
+    it holds nothing more, after a clock frame answered or a data frame of the announced
+    size recorded: the fast loop takes over again (a by-hand sender's data follows its
+    clock frames at once, and would otherwise all go through here). Frames of another
+    length stay here: the fast loops would only hand each back."""
     plen = hello.size - HEADER_SIZE
     delay_ns = pacer.interval_ns
     now = time.perf_counter_ns
@@ -654,7 +667,7 @@ def _decoder_loop(
         expected = msg.seq + 1
         whole = len(msg.payload) == plen
         _record(log, result, msg.seq, t_read, start, t_end, msg.intact, in_order, whole)
-        if not decoder.buffered:
+        if whole and not decoder.buffered:
             return expected  # back to the fast loop, from the next frame on
 
 
