@@ -61,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,18 @@ def bare_pipeline(n: int, size: int) -> float:
     return n / ((int(t_last) - t0) / 1e9)
 
 
+def alternated(
+    n: int, size: int, rounds: int, measure: Callable[[int, int, Path], float], out: Path
+) -> tuple[list[float], list[float]]:
+    """The bare pipeline and ``measure(n, size, out)`` (a rate), alternated for
+    ``rounds`` rounds."""
+    bare, measured = [], []
+    for _ in range(rounds):
+        bare.append(bare_pipeline(n, size))
+        measured.append(measure(n, size, out))
+    return bare, measured
+
+
 def cli_run(n: int, size: int, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
     """`bufdemo run --recv-delay 0 --no-plot --json` (plus ``extra``): its summary."""
     s = bufdemo(
@@ -145,10 +157,7 @@ def cli_pipeline(n: int, size: int, out: Path) -> float:
 def pipeline(n: int, rounds: int, out: Path) -> None:
     print(f"pipeline at --recv-delay 0: {n:,} messages, {rounds} alternating rounds")
     for size in SIZES:
-        bare, cli = [], []
-        for _ in range(rounds):
-            bare.append(bare_pipeline(n, size))
-            cli.append(cli_pipeline(n, size, out))
+        bare, cli = alternated(n, size, rounds, cli_pipeline, out)
         ratio = median(cli) / median(bare)
         verdict = "meets" if ratio >= PIPELINE_GOAL else "MISSES"
         print(
@@ -190,10 +199,7 @@ def by_hand(n: int, rounds: int, out: Path) -> None:
         "`bufdemo run`, shown for comparison)"
     )
     for size in SIZES:
-        bare, cli = [], []
-        for _ in range(rounds):
-            bare.append(bare_pipeline(n, size))
-            cli.append(cli_by_hand(n, size, out))
+        bare, cli = alternated(n, size, rounds, cli_by_hand, out)
         ratio = median(cli) / median(bare)
         print(
             f"  {size:>5} B  bare {median(bare):>11,.0f} msg/s ({spread(bare)})  "

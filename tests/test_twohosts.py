@@ -268,12 +268,7 @@ def test_a_clock_frame_right_behind_the_data_is_answered_when_read_with_it(
     listener = socket.create_server(("127.0.0.1", 0))
     with listener, socket.create_connection(listener.getsockname()) as sender:
         conn, _ = listener.accept()
-        result = ReceiverResult()
-        loop = threading.Thread(
-            target=receive_loop,
-            args=(conn, Hello(bytes(16), messages, size), delay, ConsumedLog(messages), result),
-            daemon=True,
-        )
+        loop, result = _receiver_thread(conn, messages, size, delay)
         sender.sendall(data + marker)  # in the kernel before the receiver's first read
         loop.start()
         ready, _, _ = select.select([sender], [], [], 30)
@@ -331,12 +326,7 @@ def test_the_data_behind_the_clock_frames_goes_back_to_the_fast_loop(
     listener = socket.create_server(("127.0.0.1", 0))
     with listener, socket.create_connection(listener.getsockname()) as sender:
         conn, _ = listener.accept()
-        result = ReceiverResult()
-        loop = threading.Thread(
-            target=receive_loop,
-            args=(conn, Hello(bytes(16), messages, size), delay, ConsumedLog(messages), result),
-            daemon=True,
-        )
+        loop, result = _receiver_thread(conn, messages, size, delay)
         loop.start()
         sender.sendall(clocks + data)
         sender.shutdown(socket.SHUT_WR)
@@ -350,6 +340,19 @@ def test_the_data_behind_the_clock_frames_goes_back_to_the_fast_loop(
     # data frame a slot shares with the last clock frame.
     assert sum(in_decoder) <= (receiver.BULK_BYTES // size if delay == 0 else 1)
     assert misread == []
+
+
+def _receiver_thread(
+    conn: socket.socket, messages: int, size: int, delay: float
+) -> tuple[threading.Thread, ReceiverResult]:
+    """receive_loop on ``conn`` in a thread (not started), as after the hello."""
+    result = ReceiverResult()
+    loop = threading.Thread(
+        target=receive_loop,
+        args=(conn, Hello(bytes(16), messages, size), delay, ConsumedLog(messages), result),
+        daemon=True,
+    )
+    return loop, result
 
 
 def _halves(
