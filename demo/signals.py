@@ -151,10 +151,10 @@ class stops_deferred:  # a context manager, named as its use reads
         stops, self._stops = self._stops, None
         if stops is None:
             return
-        if stops.count == self._count:
-            stops.raising = True  # none came: the next one raises, as before
-        else:
-            raise KeyboardInterrupt  # it came inside: raised now, the block whole
+        stops.raising = True  # first: one that comes from here on raises by itself
+        if stops.count != self._count:  # one came inside: raised now, the block whole
+            stops.raising = False
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -165,6 +165,11 @@ def wait_for_checkpoint(out: Path, rows: int = 1) -> Path:
     return found[0]
 
 
+def sides_named(procs: list[psutil.Process], receiver: psutil.Process) -> str:
+    """``procs`` of a `bufdemo run` by role: "the receiver", "the sender", or both."""
+    return " and ".join("the receiver" if p.pid == receiver.pid else "the sender" for p in procs)
+
+
 def gone_within(procs: list[psutil.Process], seconds: float) -> list[psutil.Process]:
     """The processes still alive (not even a zombie) after ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -30,6 +30,7 @@ from tests.procs import (
     gone_within,
     one_line,
     run_sides,
+    sides_named,
     wait_for_checkpoint,
 )
 from tests.synthetic import write_run
@@ -200,7 +201,8 @@ def test_ctrl_c_in_the_asyncio_modes_exits_130_keeps_the_tables_leaves_no_orphan
     receiver, sender = run_sides(run)
     run_dir = wait_for_checkpoint(out, rows=20)
     os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C
-    assert gone_within([receiver, sender], 2.0) == [], "a side outlived Ctrl-C by 2 s"
+    left = gone_within([receiver, sender], 2.0)
+    assert left == [], f"{sides_named(left, receiver)} outlived Ctrl-C by 2 s"
     code, stdout, stderr = run.finish()
     assert code == 130
     assert one_line(stderr) == f"interrupted: partial run kept in {run_dir}"

@@ -34,6 +34,7 @@ from tests.procs import (
     one_line,
     only_run_dir,
     run_sides,
+    sides_named,
     wait_for_checkpoint,
     wait_until,
 )
@@ -203,7 +204,8 @@ def test_ctrl_c_on_bufdemo_run_stops_both_sides_flushes_logs_exits_130(
         os.kill(run.pid, signal.SIGINT)  # kill -INT PID
     else:
         os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C
-    assert gone_within([receiver, sender], STOP_WITHIN) == [], "a side outlived Ctrl-C by 2 s"
+    left = gone_within([receiver, sender], STOP_WITHIN)
+    assert left == [], f"{sides_named(left, receiver)} outlived Ctrl-C by 2 s"
 
     code, stdout, stderr = run.finish()
     assert code == 130
