@@ -181,9 +181,14 @@ def cli_by_hand(n: int, size: int, out: Path) -> float:
     if found is None:
         recv.kill()
         raise SystemExit(f"bufdemo receive did not listen: {recv.communicate()[1][-400:]}")
-    bufdemo(["send", "--to", found.group(1), "-n", str(n), "--size", str(size), "--json",
-             "--out", str(out / "send")])  # fmt: skip
-    stdout, stderr = recv.communicate(timeout=600)
+    try:
+        bufdemo(["send", "--to", found.group(1), "-n", str(n), "--size", str(size), "--json",
+                 "--out", str(out / "send")])  # fmt: skip
+        stdout, stderr = recv.communicate(timeout=600)
+    finally:
+        if recv.poll() is None:  # the send failed: the receiver would wait for ever
+            recv.kill()
+            recv.wait()
     if recv.returncode != 0:
         raise SystemExit(f"bufdemo receive failed: {stderr.strip()[-400:]}")
     r = json.loads(stdout)

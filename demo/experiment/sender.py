@@ -623,17 +623,14 @@ class EarlyClockAnswers:
         with self._lock:
             try:
                 while not self._read():
-                    left = max(0.0, self._deadline - time.perf_counter())
+                    left = self._deadline - time.perf_counter()
+                    if left <= 0:
+                        break
                     ready, _, _ = select.select([self._sock], [], [], left)
                     if not ready:
                         break
-                    had = len(self.clock)
-                    if self._read():
-                        break
-                    if len(self.clock) == had:  # only the error queue (transmit timestamps)
-                        if left == 0.0:
-                            break
-                        time.sleep(0.001)  # the timestamp reader drains it
+                    if probes.queue_in(self._sock) == 0:  # woke for the error queue only:
+                        time.sleep(0.001)  # transmit timestamps, which their reader drains
             finally:
                 self._finished = True  # what comes later is the exchanges' after the data
                 with contextlib.suppress(OSError):  # later exchanges stamp t4 as they read
