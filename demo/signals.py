@@ -16,6 +16,10 @@
 - A child stops by itself, as if interrupted, when its parent disappears
   (:func:`stop_when_orphaned`): a ``bufdemo run`` killed outright (SIGKILL) leaves no
   sender, receiver or forked echo worker running on its own.
+- Inside an event loop the first one cancels the main task instead
+  (:func:`run_coroutine`, for ``asyncio.run``): raised between two steps of the loop's
+  own code, a KeyboardInterrupt can lose the task's next step, and the loop's cleanup
+  then waits for it for ever. KeyboardInterrupt is raised once the loop has closed.
 - A command stopped this way exits 130 (:data:`EXIT_INTERRUPTED`, 128 + SIGINT, what a
   shell reports for Ctrl-C), except where being stopped is how it normally ends
   (``bufdemo serve``: exit 0).
@@ -27,6 +31,7 @@ raise it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -37,9 +42,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -47,6 +54,7 @@ __all__ = [
     "StopSignals",
     "blocked",
     "cleanup_begins",
+    "run_coroutine",
     "stop_when_orphaned",
     "stops_deferred",
     "unblock",
@@ -63,15 +71,17 @@ class StopSignals:
     """The policy for this process: in a ``with`` block (the previous handlers come back
     on exit), or installed with :meth:`install` for the rest of a child's life.
 
-    The first SIGINT/SIGTERM raises KeyboardInterrupt while :attr:`raising`; every
-    later one, and any that arrives once :attr:`raising` was set to False (cleanup has
-    begun), is only counted in :attr:`count`. Outside the main thread this does nothing
-    (Python only installs handlers there).
+    The first SIGINT/SIGTERM raises KeyboardInterrupt while :attr:`raising` (or calls
+    :attr:`on_stop` in its place, if set: :func:`run_coroutine`); every later one, and
+    any that arrives once :attr:`raising` was set to False (cleanup has begun), is only
+    counted in :attr:`count`. Outside the main thread this does nothing (Python only
+    installs handlers there).
     """
 
     def __init__(self) -> None:
         self.raising = True
         self.count = 0
+        self.on_stop: Callable[[], None] | None = None
         self._previous: dict[int, Any] = {}
         self._outer: StopSignals | None = None
 
@@ -79,6 +89,9 @@ class StopSignals:
         self.count += 1
         if self.raising:
             self.raising = False
+            if self.on_stop is not None:
+                self.on_stop()
+                return
             raise KeyboardInterrupt
 
     def install(self) -> StopSignals:
@@ -155,6 +168,66 @@ class stops_deferred:  # a context manager, named as its use reads
         if stops.count != self._count:  # one came inside: raised now, the block whole
             stops.raising = False
             raise KeyboardInterrupt
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)`` under the stop policy: the first stop signal cancels the
+    main task, and KeyboardInterrupt is raised once the loop has closed.
+
+    Raised where the main thread happens to be, a KeyboardInterrupt can fall inside the
+    loop's own code, between taking a callback from its queue and running it. If that
+    callback was the main task's next step (a task that yields with ``await
+    asyncio.sleep(0)`` has no other), the task never runs again, and ``asyncio.run``'s
+    cleanup, which cancels it and waits for it, waits for ever: a task looping on
+    ``sleep(0)``, stopped at a random moment, hung in 8 runs of 40 (the test
+    ``test_a_stop_signal_never_hangs_an_event_loop`` in tests/test_faults.py).
+    ``asyncio.Runner`` turns SIGINT into this cancellation itself, but only where
+    Python's default handler is installed, and never SIGTERM.
+
+    The coroutine sees ``CancelledError`` at an ``await``; one that runs long without
+    one should check ``asyncio.current_task().cancelling()`` now and then. Where no
+    :class:`StopSignals` raises (none installed, cleanup begun, a stop already raised, or
+    not the main thread), this is ``asyncio.run``.
+    """
+    stops = _installed
+    if (
+        stops is None
+        or not stops.raising
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return asyncio.run(coro)
+    stopped = False
+    previous = stops.on_stop
+    outcome: list[T] = []
+    try:
+        with asyncio.Runner() as runner:  # closing it runs the loop too: the hook stays
+            loop = runner.get_loop()
+            task = loop.create_task(coro)
+
+            def stop() -> None:
+                nonlocal stopped
+                stopped = True
+                task.cancel()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_nothing)  # wakes a loop waiting in select
+
+            stops.on_stop = stop
+            outcome.append(loop.run_until_complete(task))
+    except BaseException as exc:
+        if not stopped:
+            raise
+        if isinstance(exc, asyncio.CancelledError):
+            raise KeyboardInterrupt from None
+        raise KeyboardInterrupt from exc  # the work failed as it was stopped: kept
+    finally:
+        stops.on_stop = previous
+    if stopped:  # it came as the loop closed, the work done
+        raise KeyboardInterrupt
+    return outcome[0]
+
+
+def _nothing() -> None:
+    pass
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ from bufdemo.experiment.sender import (
 from bufdemo.experiment.wire import FrameBlock, Hello, encode_hello
 from bufdemo.net import Address
 from bufdemo.runformat import AsyncioRecord
-from bufdemo.signals import cleanup_begins
+from bufdemo.signals import cleanup_begins, run_coroutine
 
 __all__ = [
     "TransportSampler",
@@ -304,6 +304,7 @@ async def _write_all(
     now = time.perf_counter_ns
     use_drain = cfg.mode is Mode.ASYNCIO
     buffered = transport.get_write_buffer_size
+    task = asyncio.current_task()
     log.t_start_ns = now()
     for first in range(0, cfg.messages, per_block):
         fill(first)
@@ -333,6 +334,10 @@ async def _write_all(
                 sent[0] = store(first, stamps)
                 raise
         state.buffered_peak = max(state.buffered_peak, buffered())
+        if task is not None and task.cancelling():
+            # Stopped (signals.run_coroutine) while the block ran: in asyncio mode a drain
+            # that is not paused never yields, so the cancellation is taken here.
+            raise asyncio.CancelledError
         if transport.is_closing():  # write() after a lost connection drops data silently
             raise PeerError(
                 f"the receiver closed the connection after {log.rows} of {cfg.messages} "
@@ -465,7 +470,9 @@ def run_asyncio_sender(
             tsampler.start()
         try:
             sock.sendall(encode_hello(Hello(cfg.token, cfg.messages, cfg.size)))
-            asyncio.run(_session(sock, cfg, log, blocking, sent, block, state, result, progress))
+            # A stop signal cancels the session (at an await, or between blocks):
+            # raised inside the event loop's own code it could hang the loop.
+            run_coroutine(_session(sock, cfg, log, blocking, sent, block, state, result, progress))
             result.complete = True
         except BufdemoError as exc:
             result.error = str(exc)
