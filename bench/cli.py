@@ -66,7 +66,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.common import drain_receiver, median, recording_floor, round_verdict, spread
+from bench.common import (
+    drain_receiver,
+    median,
+    median_interval,
+    recording_floor,
+    round_verdict,
+    spread,
+)
 from bufdemo.experiment.sender import frames_per_block
 
 BUFDEMO = str(Path(sys.executable).with_name("bufdemo"))  # the installed console script
@@ -335,11 +342,14 @@ def sender(
                 f = median(rates["floor"])
                 paired = [cli / bare for cli, bare in zip(rates["cli"], rates["bare"], strict=True)]
                 verdict = round_verdict(paired, goal)
+                low, high, coverage = median_interval(paired)
                 line = (
                     f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
                     f"ratio {c / b:.3f}, by round {median(paired):.3f} "
-                    f"({min(paired):.3f} .. {max(paired):.3f})  [goal >= {goal:.2f}: {verdict}]  "
+                    f"({min(paired):.3f} .. {max(paired):.3f}; the median's "
+                    f"{coverage:.1%} interval {low:.3f} .. {high:.3f})  "
+                    f"[goal >= {goal:.2f}: {verdict}]  "
                     f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it  "
                     f"connect -> first send {median(to_first) * 1e3:.1f} ms  "
                     f"work between blocks {median([us for us, _ in blocks]):.0f} us a block, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import socket
@@ -58,16 +59,44 @@ def spread(values: list[float]) -> str:
     return f"{lo:,.0f} .. {hi:,.0f}"
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median: ``(low, high, coverage)``.
+
+    The k-th smallest and k-th largest of n values bound the median with probability
+    1 - 2 P(Binomial(n, 1/2) <= k - 1), whatever the values' distribution (each falls
+    below the median with probability 1/2). The largest k that still reaches
+    ``confidence`` is taken; where none does (n < 6 at 95%), the smallest and largest
+    values, and their lower coverage (15 of 16 for n = 5).
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+
+    def coverage(k: int) -> float:
+        below: float = sum(math.comb(n, i) for i in range(k)) / 2**n
+        return 1 - 2 * below
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
 def round_verdict(ratios: Sequence[float], goal: float) -> str:
     """A goal's verdict on per-round ratios, each a run against the bare run of its own
-    round: "meets" or "MISSES" when every round falls on the same side of the goal,
-    else how many rounds met it (the machine's noise is larger than the margin: the
-    medians' ratio alone would hide that)."""
-    met = sum(r >= goal for r in ratios)
-    if met == len(ratios):
+    round: "meets" or "MISSES" when the median's confidence interval
+    (:func:`median_interval`) lies on one side of the goal, else how many rounds met it
+    (the machine's noise is larger than the margin: the medians' ratio alone would hide
+    that). Up to 5 rounds the interval is every round: all must agree."""
+    low, high, _ = median_interval(ratios)
+    if low >= goal:
         return "meets"
-    if met == 0:
+    if high < goal:
         return "MISSES"
+    met = sum(r >= goal for r in ratios)
     return f"unsettled: {met} of {len(ratios)} rounds meet it"
 
 
