@@ -138,12 +138,19 @@ def alternated(
     n: int, size: int, rounds: int, measure: Callable[[int, int, Path], float], out: Path
 ) -> tuple[list[float], list[float]]:
     """The bare pipeline and ``measure(n, size, out)`` (a rate), alternated for
-    ``rounds`` rounds."""
-    bare, measured = [], []
-    for _ in range(rounds):
-        bare.append(bare_pipeline(n, size))
-        measured.append(measure(n, size, out))
-    return bare, measured
+    ``rounds`` rounds, the order reversed every other round (:func:`in_turn`)."""
+    rates: dict[str, list[float]] = {"bare": [], "measured": []}
+    runs = {"bare": lambda: bare_pipeline(n, size), "measured": lambda: measure(n, size, out)}
+    for i in range(rounds):
+        for name in in_turn(list(runs), i):
+            rates[name].append(runs[name]())
+    return rates["bare"], rates["measured"]
+
+
+def in_turn(names: list[str], i: int) -> list[str]:
+    """The order of round ``i``: forwards in even rounds, backwards in odd ones, so that
+    a drift within a round (a machine warming up or getting busier) favours no variant."""
+    return names if i % 2 == 0 else names[::-1]
 
 
 def cli_run(n: int, size: int, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
@@ -325,19 +332,24 @@ def sender(
                 reader_starts: list[float] = []  # --timestamps: the wait for its reader
                 to_first: list[float] = []
                 blocks: list[tuple[float, float]] = []
-                for _ in range(rounds):
-                    rates["bare"].append(bare_sender(addr, n, size))
-                    rates["floor"].append(floor_sender(addr, n, size))
-                    rate, record = cli_sender(addr, n, size, out, ())
-                    rates["cli"].append(rate)
-                    to_first.append(to_first_send_s(record))
-                    blocks.append(block_work(record, size))
-                    if witness:
-                        rate, record = cli_sender(addr, n, size, out, witness)
-                        rates["witness"].append(rate)
-                        start_s = (record.get("timestamping") or {}).get("reader_start_s")
-                        if start_s is not None:
-                            reader_starts.append(start_s)
+                names = ["bare", "floor", "cli", *(["witness"] if witness else [])]
+                for i in range(rounds):
+                    for name in in_turn(names, i):
+                        if name == "bare":
+                            rates[name].append(bare_sender(addr, n, size))
+                        elif name == "floor":
+                            rates[name].append(floor_sender(addr, n, size))
+                        else:
+                            flags = witness if name == "witness" else ()
+                            rate, record = cli_sender(addr, n, size, out, flags)
+                            rates[name].append(rate)
+                            if name == "cli":
+                                to_first.append(to_first_send_s(record))
+                                blocks.append(block_work(record, size))
+                            elif (
+                                start_s := (record.get("timestamping") or {}).get("reader_start_s")
+                            ) is not None:
+                                reader_starts.append(start_s)
                 b, c = median(rates["bare"]), median(rates["cli"])
                 f = median(rates["floor"])
                 paired = [cli / bare for cli, bare in zip(rates["cli"], rates["bare"], strict=True)]

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.cli import in_turn
 from bench.common import median_interval, round_verdict
 
 
@@ -54,3 +55,8 @@ def test_the_median_interval_holds_the_median_at_its_confidence(values: list[flo
     middle = ordered[(len(values) - 1) // 2], ordered[len(values) // 2]
     assert low <= min(middle) <= max(middle) <= high
     assert cov >= 0.95 or (low, high) == (ordered[0], ordered[-1])
+
+
+def test_each_variant_runs_first_and_last_in_turn() -> None:
+    names = ["bare", "floor", "cli"]
+    assert [in_turn(names, i) for i in range(3)] == [names, names[::-1], names]
