@@ -326,13 +326,9 @@ async def _write_all(
                         await writer.drain()  # returns at once (not paused)
                 stamp(now())
         finally:
-            # Stored whole even when the first stop signal cuts the store short: the
-            # retry writes the same rows, and StopSignals only counts later signals.
-            try:
-                sent[0] = store(first, stamps)
-            except KeyboardInterrupt:
-                sent[0] = store(first, stamps)
-                raise
+            # No stop signal cuts this short: under signals.run_coroutine it cancels the
+            # task, which happens at an await or below, never inside the store.
+            sent[0] = store(first, stamps)
         state.buffered_peak = max(state.buffered_peak, buffered())
         if task is not None and task.cancelling():
             # Stopped (signals.run_coroutine) while the block ran: in asyncio mode a drain
