@@ -257,27 +257,37 @@ def test_bufdemo_run_sigkilled_leaves_no_orphan_and_the_sides_still_write_their_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_sigterm_on_bufdemo_send_keeps_the_partial_run_like_ctrl_c(
-    bufdemo: Start, tmp_path: Path
+    bufdemo: Start, tmp_path: Path, as_json: bool
 ) -> None:
     with socket.socket() as never_reads:
         never_reads.bind(("127.0.0.1", 0))
         never_reads.listen()
         port = never_reads.getsockname()[1]
         sender = bufdemo(["send", "--to", f"127.0.0.1:{port}", "--sndbuf", "16384",
-                          "--out", "out"])  # fmt: skip
+                          "--out", "out", *(["--json"] if as_json else [])])  # fmt: skip
         conn, _ = never_reads.accept()  # accepted, never read from
         with conn:
             # Messages have reached the peer's kernel: the sender has recorded sends.
             wait_until(lambda: (probes.queue_in(conn) or 0) > 4096, 60, "data at the peer")
             sender.proc.terminate()
-            code, _, stderr = sender.finish()
+            code, stdout, stderr = sender.finish()
     assert code == 130
     (run_dir,) = (tmp_path / "out").iterdir()
     assert one_line(stderr) == f"Interrupted: partial run kept in out/{run_dir.name}"
     meta = meta_of(run_dir)
     assert meta["outcome"] == {"complete": False, "reason": "interrupted by the user"}
-    assert csv_rows(run_dir / "sends.csv") == meta["sender"]["messages"] > 0
+    sent = meta["sender"]["messages"]
+    assert csv_rows(run_dir / "sends.csv") == sent > 0
+    if as_json:  # the record, as a finished half prints it
+        record = json.loads(stdout)
+        assert record["run_dir"] == f"out/{run_dir.name}"
+        assert record["messages"] == sent
+        assert record["complete"] is False
+        assert record["error"] == f"interrupted after {sent} of 100000 messages"
+    else:
+        assert stdout == ""
 
 
 # -- failures before anything is recorded -----------------------------------------------

@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bufdemo.console import err, one_line, out
-from bufdemo.errors import ConfigError
+from bufdemo.errors import BufdemoError, ConfigError
 from bufdemo.experiment import clocksync
 from bufdemo.experiment.config import (
     DEFAULT_MESSAGES,
@@ -741,16 +741,24 @@ def _by_hand(
 ) -> Iterator[None]:
     """Around a by-hand half (``sender=`` or ``receiver=`` its result): Ctrl-C or
     `kill PID` stops it (later ones cannot cut the writing), meta.json is written into
-    its run directory whatever happens, and the live display shows ``read``."""
+    its run directory whatever happens, and the live display shows ``read``. With
+    --json the record is printed however the half ends, as :func:`_half_done` prints
+    it, once a run directory exists (before that, the one-line error alone)."""
     from bufdemo.experiment.run import kept_on_failure
     from bufdemo.signals import StopSignals
 
-    with (
-        StopSignals(),
-        kept_on_failure(made, cfg, **side),
-        _display(read, _progress_shown(as_json), cfg.mode),
-    ):
-        yield
+    try:
+        with (
+            StopSignals(),
+            kept_on_failure(made, cfg, **side),
+            _display(read, _progress_shown(as_json), cfg.mode),
+        ):
+            yield
+    except BufdemoError:  # Interrupted included; kept_on_failure has named the directory
+        if as_json and made.path is not None:
+            (result,) = side.values()
+            out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
+        raise
 
 
 def _half_done(
