@@ -742,23 +742,28 @@ def _by_hand(
     """Around a by-hand half (``sender=`` or ``receiver=`` its result): Ctrl-C or
     `kill PID` stops it (later ones cannot cut the writing), meta.json is written into
     its run directory whatever happens, and the live display shows ``read``. With
-    --json the record is printed however the half ends, as :func:`_half_done` prints
-    it, once a run directory exists (before that, the one-line error alone)."""
+    --json the record is printed also when the half is stopped or fails with a
+    runtime error once its run directory exists, as :func:`_half_done` prints it
+    (before that, the one-line error alone)."""
     from bufdemo.experiment.run import kept_on_failure
-    from bufdemo.signals import StopSignals
+    from bufdemo.signals import StopSignals, cleanup_begins
 
-    try:
-        with (
-            StopSignals(),
-            kept_on_failure(made, cfg, **side),
-            _display(read, _progress_shown(as_json), cfg.mode),
-        ):
-            yield
-    except BufdemoError:  # Interrupted included; kept_on_failure has named the directory
-        if as_json and made.path is not None:
-            (result,) = side.values()
-            out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
-        raise
+    with StopSignals():  # around the printing too: a later stop cannot cut it short
+        try:
+            with (
+                kept_on_failure(made, cfg, **side),
+                _display(read, _progress_shown(as_json), cfg.mode),
+            ):
+                yield
+        except ConfigError:
+            raise
+        except BufdemoError:  # Interrupted included; kept_on_failure named the directory
+            cleanup_begins()
+            if as_json and made.path is not None:
+                (result,) = side.values()
+                with contextlib.suppress(OSError):  # stdout gone: the error still reported
+                    out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
+            raise
 
 
 def _half_done(
