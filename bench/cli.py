@@ -5,10 +5,11 @@ times from what it wrote (the --json output, meta.json). Each figure is a ratio 
 bare reference measured in the same run, the two alternated for --rounds rounds (the
 order reversed every other round) so that drift on a shared machine hits both alike;
 medians are compared. The sender figure also gives each round's ratio (against the bare
-run of the same round) and judges its goal on them: met or missed only when a 95%
-confidence interval for their median lies on one side of the goal (up to 5 rounds:
-when every round agrees), "unsettled" when the machine's noise is larger than the
-margin (``python -m bench.noise`` measures that noise).
+run of the same round) and judges its goal on them: met or missed only when a
+confidence interval for their median (95% where the rounds allow it; the coverage is
+printed) lies on one side of the goal (up to 8 rounds: when every round agrees),
+"unsettled" when the machine's noise is larger than the margin (``python -m
+bench.noise`` measures that noise).
 
 - **pipeline** (goal 1): `bufdemo run --recv-delay 0 --no-plot --json`, rate =
   messages / receiver_seconds (summary.json); bare = a sender process doing one

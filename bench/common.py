@@ -90,7 +90,7 @@ def round_verdict(ratios: Sequence[float], goal: float) -> str:
     round: "meets" or "MISSES" when the median's confidence interval
     (:func:`median_interval`) lies on one side of the goal, else how many rounds met it
     (the machine's noise is larger than the margin: the medians' ratio alone would hide
-    that). Up to 5 rounds the interval is every round: all must agree."""
+    that). Up to 8 rounds the interval is every round: all must agree."""
     low, high, _ = median_interval(ratios)
     if low >= goal:
         return "meets"
