@@ -68,6 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.pairs < 1 or args.messages < 1 or args.size < 1:
         parser.error("--pairs, --messages and --size must be at least 1")
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        parser.error("--pin needs CPUs 0 and 1")
     cpu = 0 if args.pin else None
     if args.pin:
         os.sched_setaffinity(0, {0})
