@@ -150,6 +150,13 @@ def alternated(
     return rates["bare"], rates["measured"]
 
 
+def by_round(rates: Sequence[float], reference: Sequence[float]) -> str:
+    """Each round's ratio of ``rates`` to ``reference``: their median and its interval."""
+    ratios = [r / ref for r, ref in zip(rates, reference, strict=True)]
+    low, high, coverage = median_interval(ratios)
+    return f"by round {median(ratios):.3f} ({coverage:.1%} interval {low:.3f} .. {high:.3f})"
+
+
 def in_turn(names: list[str], i: int) -> list[str]:
     """The order of round ``i``: forwards in even rounds, backwards in odd ones, so that
     a drift within a round (a machine warming up or getting busier) favours no variant."""
@@ -365,7 +372,9 @@ def sender(
                     f"({min(paired):.3f} .. {max(paired):.3f}; the median's "
                     f"{coverage:.1%} interval {low:.3f} .. {high:.3f})  "
                     f"[goal >= {goal:.2f}: {verdict}]  "
-                    f"recording floor {f / b:.3f} of bare, bufdemo {c / f:.3f} of it  "
+                    f"recording floor {f / b:.3f} of bare, "
+                    f"{by_round(rates['floor'], rates['bare'])}; "
+                    f"bufdemo {c / f:.3f} of it, {by_round(rates['cli'], rates['floor'])}  "
                     f"connect -> first send {median(to_first) * 1e3:.1f} ms  "
                     f"work between blocks {median([us for us, _ in blocks]):.0f} us a block, "
                     f"{median([share for _, share in blocks]) * 100:.1f}% of the time"
