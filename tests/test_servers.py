@@ -288,7 +288,8 @@ def test_ctrl_c_stops_every_model_and_leaves_nothing_behind(
             assert c.recv(100) == b"hi\n"
         children = psutil.Process(srv.pid).children(recursive=True)
         assert len(children) == (5 if model == "fork" else 0)
-        assert srv.stop(signal.SIGINT) == 0
+        code = srv.stop(signal.SIGINT)
+        assert code == 0, f"exit {code}; the server wrote:\n{srv.output()}"
         assert "5 still open at stop" in srv.output()
         # The server reaped its children before it exited: none is left, not even a zombie.
         assert wait_for(lambda: not any(child.is_running() for child in children))

@@ -42,7 +42,7 @@ from enum import StrEnum
 from typing import NoReturn, Protocol
 
 from bufdemo.errors import BufdemoError, ConfigError
-from bufdemo.signals import StopSignals, stop_when_orphaned
+from bufdemo.signals import StopSignals, held, stop_when_orphaned, unblock
 
 __all__ = [
     "FD_SETSIZE",
@@ -245,6 +245,7 @@ def _run_child(
     try:
         StopSignals().install()  # inherited from the parent otherwise: this child's own
         stop_when_orphaned(parent)
+        unblock()  # forked with the stop signals held (signals.held): one held is raised now
         listener.close()  # the child's copy: only the parent accepts
         _echo_blocking(conn, peer, emit)
     except KeyboardInterrupt:
@@ -289,10 +290,13 @@ def _serve_fork(
             sys.stdout.flush()  # or the child would print the parent's buffered text again
             sys.stderr.flush()
             parent = os.getpid()
-            pid = os.fork()
-            if pid == 0:
-                _run_child(listener, conn, peer, emit, parent)
-            children.add(pid)
+            # Held across the fork: handled inside an at-fork handler, a stop would be
+            # lost; after the block, the new child is in ``children`` and is stopped too.
+            with held():
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(listener, conn, peer, emit, parent)
+                children.add(pid)
             conn.close()  # the parent's copy: the child owns the connection now
     finally:
         _reap(children)
