@@ -268,23 +268,28 @@ def held() -> Iterator[None]:
     """:func:`blocked` without starting multiprocessing's resource tracker: for
     ``os.fork()``, whose child calls :func:`unblock` once its handler is installed.
 
-    Python runs its at-fork handlers (logging's, for one) in the parent right after
-    fork(), and an exception raised inside one is printed and ignored: a stop signal
-    handled there would be lost, its KeyboardInterrupt swallowed, and a server that
-    forks a child per client would not stop (2 of 25 runs of the Ctrl-C test of every
-    model in tests/test_servers.py, beside two busy loops). Held, it is handled as the
-    block ends, in the caller's own code.
+    Python runs its at-fork handlers (logging's, for one) around fork(), and an
+    exception raised inside one is printed and ignored: a stop signal handled there
+    would be lost, its KeyboardInterrupt swallowed, and a server that forks a child per
+    client would not stop (2 of 25 runs of the Ctrl-C test of every model in
+    tests/test_servers.py, beside two busy loops). Held, it is handled as the block
+    ends, in the caller's own code. The mask is this thread's: it protects a fork from
+    a process's only thread (another thread that lets the signals in takes them, and
+    the main thread then handles them at its next step, wherever that is).
     """
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # Read first (a pending signal may raise here, nothing changed yet); set inside the
+    # try: a signal raised as the mask is set finds the finally that restores it.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def unblock() -> None:
-    """In a child started inside :func:`blocked`, once its handler is installed: let the
-    stop signals in (one held since the start is delivered now)."""
+    """In a child started inside :func:`blocked` or :func:`held`, once its handler is
+    installed: let the stop signals in (one held since the start is delivered now)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 

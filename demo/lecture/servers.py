@@ -297,7 +297,7 @@ def _serve_fork(
                 if pid == 0:
                     _run_child(listener, conn, peer, emit, parent)
                 children.add(pid)
-            conn.close()  # the parent's copy: the child owns the connection now
+                conn.close()  # the parent's copy: the child owns the connection now
     finally:
         _reap(children)
         stats.open_at_stop = len(children)
