@@ -364,14 +364,11 @@ def sender(
                 f = median(rates["floor"])
                 paired = [cli / bare for cli, bare in zip(rates["cli"], rates["bare"], strict=True)]
                 verdict = round_verdict(paired, goal)
-                low, high, coverage = median_interval(paired)
                 line = (
                     f"  {size:>5} B  bare {b:>11,.0f} msg/s ({spread(rates['bare'])})  "
                     f"bufdemo send {c:>11,.0f} msg/s ({spread(rates['cli'])})  "
-                    f"ratio {c / b:.3f}, by round {median(paired):.3f} "
-                    f"({min(paired):.3f} .. {max(paired):.3f}; the median's "
-                    f"{coverage:.1%} interval {low:.3f} .. {high:.3f})  "
-                    f"[goal >= {goal:.2f}: {verdict}]  "
+                    f"ratio {c / b:.3f}, {by_round(rates['cli'], rates['bare'])}, rounds "
+                    f"{min(paired):.3f} .. {max(paired):.3f}  [goal >= {goal:.2f}: {verdict}]  "
                     f"recording floor {f / b:.3f} of bare, "
                     f"{by_round(rates['floor'], rates['bare'])}; "
                     f"bufdemo {c / f:.3f} of it, {by_round(rates['cli'], rates['floor'])}  "

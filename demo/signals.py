@@ -202,29 +202,25 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     ):
         return asyncio.run(coro)
     stopped = False
-    loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[T] | None = None
 
     def stop() -> None:  # the first stop signal, in place of raising
         nonlocal stopped
-        if task is not None and task.done():
-            return  # the work has ended some other way: only counted, as in cleanup
-        stopped = True
-        if task is not None and loop is not None:
+        if task is None:
+            stopped = True  # before the task exists: it is cancelled as soon as it does
+        elif not task.done():  # once it has ended: only counted, as in cleanup
+            stopped = True
             task.cancel()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_nothing)  # wakes a loop waiting in select
-        # before the task exists: it is cancelled as soon as it does
+            if not task.get_loop().is_closed():
+                task.get_loop().call_soon_threadsafe(_nothing)  # wakes a loop in select
 
     previous, stops.on_stop = stops.on_stop, stop  # first: no stop finds the loop unguarded
-    outcome: list[T] = []
     try:
         with asyncio.Runner() as runner:  # closing it runs the loop too: the hook stays
-            loop = runner.get_loop()
-            task = loop.create_task(coro)
+            task = runner.get_loop().create_task(coro)
             if stopped:
                 task.cancel()
-            outcome.append(loop.run_until_complete(task))
+            result = task.get_loop().run_until_complete(task)
     except BaseException as exc:
         if not stopped:
             raise
@@ -236,7 +232,7 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()  # never started (a failure before the task): no "never awaited"
     if stopped:  # it came as the work finished, before the loop knew
         raise KeyboardInterrupt
-    return outcome[0]
+    return result
 
 
 def _nothing() -> None:

@@ -762,8 +762,13 @@ def _by_hand(
             if as_json and made.path is not None:
                 (result,) = side.values()
                 with contextlib.suppress(OSError):  # stdout gone: the error still reported
-                    out.print_json(data={**result.as_dict(), "run_dir": str(made.path)})
+                    _print_record(made.path, dict(result.as_dict()))
             raise
+
+
+def _print_record(run_dir: Path | None, record: dict[str, Any]) -> None:
+    """A by-hand half's --json output: its record (as in meta.json) and its run directory."""
+    out.print_json(data={**record, "run_dir": str(run_dir)})
 
 
 def _half_done(
@@ -772,7 +777,7 @@ def _half_done(
     """A by-hand half's report (its record with --json) and exit code; ``error`` is None
     when it completed."""
     if as_json:
-        out.print_json(data={**record, "run_dir": str(made.path)})
+        _print_record(made.path, record)
     if error is not None:
         one_line(f"RunIncomplete: {error} ({counts}; kept in {made.path})")
         return 1
