@@ -53,5 +53,6 @@ bench: install
 	$(BIN)/python -m bench.receiver
 	$(BIN)/python -m bench.cli
 	$(BIN)/python -m bench.floor
+	$(BIN)/python -m bench.floor --interleave
 	$(BIN)/python -m bench.noise
 	$(BIN)/python -m bench.sampler

@@ -71,6 +71,7 @@ from typing import Any
 
 from bench.common import (
     drain_receiver,
+    in_turn,
     median,
     median_interval,
     recording_floor,
@@ -155,12 +156,6 @@ def by_round(rates: Sequence[float], reference: Sequence[float]) -> str:
     ratios = [r / ref for r, ref in zip(rates, reference, strict=True)]
     low, high, coverage = median_interval(ratios)
     return f"by round {median(ratios):.3f} ({coverage:.1%} interval {low:.3f} .. {high:.3f})"
-
-
-def in_turn(names: list[str], i: int) -> list[str]:
-    """The order of round ``i``: forwards in even rounds, backwards in odd ones, so that
-    a drift within a round (a machine warming up or getting busier) favours no variant."""
-    return names if i % 2 == 0 else names[::-1]
 
 
 def cli_run(n: int, size: int, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:

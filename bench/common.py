@@ -85,6 +85,12 @@ def median_interval(
     return ordered[k - 1], ordered[n - k], coverage(k)
 
 
+def in_turn(names: list[str], i: int) -> list[str]:
+    """The order of round ``i``: forwards in even rounds, backwards in odd ones, so that
+    a drift within a round (a machine warming up or getting busier) favours no variant."""
+    return names if i % 2 == 0 else names[::-1]
+
+
 def round_verdict(ratios: Sequence[float], goal: float) -> str:
     """A goal's verdict on per-round ratios, each a run against the bare run of its own
     round: "meets" or "MISSES" when the median's confidence interval

@@ -44,6 +44,16 @@ timestamps, the inline sample), alternating a sampler that keeps the kernel's an
 (``probes.RawSample``, the default) with one that parses each as it is read: medians per
 call, and their share of the sending time.
 
+``--interleave`` instead runs bare, ``bare again``, write, floor, ``frames-B``, ``loop-B``
+and ``loop+sampler`` (bufdemo's loop as ``bufdemo send`` runs it: its block size and
+sampler) a step of 1,024 messages at a time, each in turn, on one connection, and gives
+each against bare by step: the median of the per-step ratios and its 95% interval
+(``bench.common.median_interval``), and the ratio of the totals. Run beside each other
+within milliseconds, the variants see the same machine: ``bare again`` against ``bare``
+(the same code) stays within about 1%, where whole runs seconds apart differ by up to
+3.4x (``bench.noise``). The figure is within one run; a later run, on the machine in
+another state, can move it by several points (docs/benchmarks.md).
+
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
 ``+thread``, ``+parked`` and ``+clock`` ones) leaves the process slower for every
@@ -53,6 +63,7 @@ thread has existed.
     python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
         [--fresh] [--only VARIANT ...]
     python -m bench.floor --breakdown [--pin] [--messages 1000000] [--rounds 3]
+    python -m bench.floor --interleave [--pin] [--steps 1000] [--blocks 1024 256]
 
 Instructions per message, which do not move with the machine's load: run one variant
 under valgrind at two message counts and divide the difference (the reader, a forked
@@ -78,12 +89,12 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from bench.common import drain_receiver, median, recording_floor
+from bench.common import drain_receiver, in_turn, median, median_interval, recording_floor
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.asyncio_sender import run_asyncio_sender
 from bufdemo.experiment.config import Mode, RunConfig
-from bufdemo.experiment.recorder import BlockingLog, Sampler, SendLog
-from bufdemo.experiment.sender import SenderResult, run_sender, send_loop
+from bufdemo.experiment.recorder import PROGRESS_BLOCKING, BlockingLog, Sampler, SendLog
+from bufdemo.experiment.sender import SenderResult, frames_per_block, run_sender, send_loop
 from bufdemo.experiment.wire import FrameBlock
 from bufdemo.net import Address
 
@@ -293,6 +304,123 @@ def print_breakdown(args: argparse.Namespace) -> None:
                 print(f"  {size:>5} B  {label:<15} {cells}")
 
 
+# -- step by step, on one connection ------------------------------------------------------
+
+STEP = 1024  # messages a step: one block of bufdemo's loop at 64 B and 1 KiB
+
+
+def steps_of(
+    sock: socket.socket, size: int, blocks: list[int]
+) -> tuple[dict[str, Callable[[], object]], Sampler]:
+    """For ``--interleave``: each variant as a step of STEP messages on ``sock``, and the
+    sampler of ``loop+sampler`` (to stop at the end). ``bare again`` is ``bare`` itself: its
+    ratio to ``bare`` is the method's own error. ``frames-B`` and ``loop-B`` are the
+    variants of the same names (module docstring), one per ``blocks``; ``loop+sampler`` is
+    bufdemo's loop as `bufdemo send` runs it: blocks of ``frames_per_block``, and the
+    gated sampler at the default interval."""
+    msg = b"x" * size
+    fd = sock.fileno()
+
+    def bare() -> None:
+        sendall = sock.sendall
+        for _ in range(STEP):
+            sendall(msg)
+
+    def write() -> None:
+        w = os.write
+        for _ in range(STEP):
+            w(fd, msg)
+
+    def frames(block: int) -> Callable[[], object]:
+        frame_block = FrameBlock(size, block)
+        frame_block.fill(0)
+        views = frame_block.views
+
+        def step() -> None:
+            w, now = os.write, time.perf_counter_ns
+            stamps: list[int] = []
+            stamp = stamps.append
+            for view in islice(cycle(views), STEP):
+                if w(fd, view) != size:
+                    raise SystemExit("a partial write: the reader did not keep up")
+                stamp(now())
+
+        return step
+
+    cfg = RunConfig(messages=STEP, size=size)
+    log, blocking, sent = SendLog(STEP, size), BlockingLog(), array("q", [0])
+
+    def loop(block: int, sampler: Sampler | None = None) -> Callable[[], object]:
+        frame_block = FrameBlock(size, block)
+        return lambda: send_loop(sock, cfg, log, blocking, sent, frame_block, sampler)
+
+    sampler = Sampler(
+        sock,
+        cfg.sample_interval,
+        count=lambda: sent[0],
+        counters={PROGRESS_BLOCKING: lambda: len(blocking)},
+        gated=True,
+    )
+    sampler.start()  # as run_sender does: the thread itself starts at the first wait
+    steps: dict[str, Callable[[], object]] = {
+        "bare": bare,
+        "bare again": bare,
+        "write": write,
+        "floor": lambda: recording_floor(sock, STEP, size),
+    }
+    steps |= {f"frames-{b}": frames(b) for b in blocks}
+    steps |= {f"loop-{b}": loop(b) for b in blocks}
+    steps["loop+sampler"] = loop(frames_per_block(size), sampler)
+    return steps, sampler
+
+
+def interleaved(
+    addr: tuple[str, int], size: int, steps: int, blocks: list[int]
+) -> dict[str, list[int]]:
+    """Nanoseconds of each variant's steps: one connection, one step of each variant in
+    turn (the order reversed every other time, :func:`bench.common.in_turn`), ``steps``
+    times. Each step of a variant runs beside the others' in the same milliseconds, so a
+    change of the machine's speed, which moves whole runs seconds apart by up to 3.4x
+    here (``bench.noise``), falls on all of them alike."""
+    now = time.perf_counter_ns
+    with socket.create_connection(addr) as sock:
+        variants, sampler = steps_of(sock, size, blocks)
+        spent: dict[str, list[int]] = {name: [] for name in variants}
+        try:
+            for i in range(steps):
+                for name in in_turn(list(variants), i):
+                    step = variants[name]
+                    t0 = now()
+                    step()
+                    spent[name].append(now() - t0)
+        finally:
+            sampler.stop()
+    return spent
+
+
+def print_interleaved(args: argparse.Namespace) -> None:
+    print(
+        f"the sender's floor, step by step on one connection: {args.steps:,} steps of "
+        f"{STEP:,} messages for each variant, in turn"
+    )
+    with drain_receiver(cpu=1 if args.pin else None) as addr:
+        for size in args.sizes:
+            spent = interleaved(addr, size, args.steps, args.blocks)
+            bare_ns = spent["bare"]
+            rate = STEP * len(bare_ns) / (sum(bare_ns) / 1e9)
+            cells = []
+            for name, ns in spent.items():
+                if name == "bare":
+                    continue
+                by_step = [b / v for b, v in zip(bare_ns, ns, strict=True)]
+                low, high, coverage = median_interval(by_step)
+                cells.append(
+                    f"{name} {sum(bare_ns) / sum(ns):.3f} (by step {median(by_step):.3f}, "
+                    f"{coverage:.0%} interval {low:.3f} .. {high:.3f})"
+                )
+            print(f"  {size:>5} B  bare {rate:>9,.0f} msg/s  " + "  ".join(cells))
+
+
 def in_fresh_process(
     name: str, addr: tuple[str, int], n: int, size: int, args: argparse.Namespace, out: Path
 ) -> float:
@@ -319,6 +447,14 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="time the work between blocks, piece by piece"
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="bare, the floor and bufdemo's loop a block at a time, in turn, on one connection",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="--interleave: blocks of each variant"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, for --fresh
     parser.add_argument("--to", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -327,6 +463,9 @@ def main() -> None:
         os.sched_setaffinity(0, {0})
     if args.breakdown:
         print_breakdown(args)
+        return
+    if args.interleave:
+        print_interleaved(args)
         return
     if args.child:
         host, port = args.to.rsplit(":", 1)

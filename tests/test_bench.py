@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.cli import in_turn
-from bench.common import median_interval, round_verdict
+from bench.common import in_turn, median_interval, round_verdict
 
 
 def test_up_to_five_rounds_a_goal_is_met_or_missed_only_when_every_round_agrees() -> None:
