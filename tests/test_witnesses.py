@@ -627,6 +627,52 @@ def test_a_tcpdump_that_cannot_capture_is_one_line_with_its_own_reason(tmp_path:
     assert cap.proc is None  # stopped: nothing left running
 
 
+_STOP_AS_TCPDUMP_STARTS = """
+import os, signal, sys, time
+from pathlib import Path
+from bufdemo.experiment.capture import Capture
+from bufdemo.signals import StopSignals
+
+stops = StopSignals().install()
+
+def after_in_parent():  # as logging's lock release: Python code run right after fork()
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 1.0
+    while stops.count == 0 and time.monotonic() < deadline:
+        pass  # handled here, inside the handler, where Python ignores what it raises
+
+os.register_at_fork(after_in_parent=after_in_parent)
+cap = Capture(int(sys.argv[1]), Path(sys.argv[2]))
+try:
+    cap.start()
+    print("not stopped", flush=True)
+    cap.stop()
+except KeyboardInterrupt:
+    print("stopped", cap.proc is None, flush=True)
+"""
+
+
+def test_a_stop_as_tcpdump_starts_stops_the_capture_and_leaves_no_tcpdump(
+    tmp_path: Path,
+) -> None:
+    """tcpdump starts with a preexec_fn, so Python's at-fork handlers run in bufdemo's
+    process as it starts: a stop handled inside one, where Python ignores what a handler
+    raises, is raised as the start returns (signals.kept), and the tcpdump just started
+    is stopped at once, not left to run until the process ends."""
+    require_root("a capture on lo")
+    require_tool("tcpdump", "tcpdump")
+    script = tmp_path / "stop_as_tcpdump_starts.py"
+    script.write_text(_STOP_AS_TCPDUMP_STARTS)
+    done = subprocess.run(
+        [sys.executable, str(script), "5999", str(tmp_path / "capture.pcap")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "stopped True", done.stderr
+    assert _tcpdumps_writing_under(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_without_root_the_run_goes_on_and_says_why_for_each_witness() -> None:
     """Acceptance 3 (not root): the same command as an unprivileged user (nobody)."""

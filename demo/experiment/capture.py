@@ -45,6 +45,8 @@ from pathlib import Path
 from struct import error as struct_error  # dpkt raises it on short headers
 from typing import Any
 
+from bufdemo.signals import kept
+
 __all__ = [
     "SNAPLEN",
     "Capture",
@@ -113,19 +115,34 @@ class Capture:
         if os.geteuid() == 0:
             argv[1:1] = ["-Z", "root"]  # keep the file ours (no privilege drop to tcpdump)
         try:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                preexec_fn=_stop_with_parent,
-            )
+            # A preexec_fn runs Python's at-fork handlers in this process: a stop
+            # handled in one of them is raised as the block ends (signals.kept).
+            with kept():
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    preexec_fn=_stop_with_parent,
+                )
         except OSError as exc:
             raise CaptureUnavailable(f"--capture skipped: cannot start tcpdump: {exc}") from exc
+        except BaseException:
+            self.stop()  # stopped as tcpdump started: it ends here, not with the run
+            raise
+        try:
+            self._until_listening(self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _until_listening(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait until tcpdump says it is listening; stop it and raise CaptureUnavailable
+        if it ends or stays silent."""
+        assert proc.stderr is not None
         ready = threading.Event()  # set at "listening on", or when tcpdump's stderr ends
         listening = threading.Event()  # set at "listening on" only
-        assert self.proc.stderr is not None
-        stderr = self.proc.stderr
+        stderr = proc.stderr
 
         def read_stderr() -> None:
             for raw in stderr:
@@ -139,8 +156,8 @@ class Capture:
         self.reader = threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True)
         self.reader.start()
         ready.wait(READY_TIMEOUT)
-        if not listening.is_set() or self.proc.poll() is not None:
-            self.stop()
+        if not listening.is_set() or proc.poll() is not None:
+            self.stop()  # first: the reader then has all tcpdump said
             # tcpdump's own error line ("tcpdump: lo: You don't have permission ..."),
             # not the detail it prints after it.
             said = [line for line in self.stderr_tail if line.startswith("tcpdump:")]
