@@ -75,14 +75,13 @@ def median_interval(
     if n == 0:
         raise ValueError("no values")
 
-    def coverage(k: int) -> float:
-        below: float = sum(math.comb(n, i) for i in range(k)) / 2**n
-        return 1 - 2 * below
-
+    # P(Bin(n, 1/2) <= k - 1) as a running sum: 1 - 2 * below is the coverage of k.
+    below = math.comb(n, 0)
     k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+    while k + 1 <= (n + 1) // 2 and 1 - 2 * (below + math.comb(n, k)) / 2**n >= confidence:
+        below += math.comb(n, k)
         k += 1
-    return ordered[k - 1], ordered[n - k], coverage(k)
+    return ordered[k - 1], ordered[n - k], 1 - 2 * below / 2**n
 
 
 def in_turn(names: list[str], i: int) -> list[str]:

@@ -46,13 +46,16 @@ call, and their share of the sending time.
 
 ``--interleave`` instead runs bare, ``bare again``, write, floor, ``frames-B``, ``loop-B``
 and ``loop+sampler`` (bufdemo's loop as ``bufdemo send`` runs it: its block size and
-sampler) a step of 1,024 messages at a time, each in turn, on one connection, and gives
-each against bare by step: the median of the per-step ratios and its 95% interval
-(``bench.common.median_interval``), and the ratio of the totals. Run beside each other
-within milliseconds, the variants see the same machine: ``bare again`` against ``bare``
-(the same code) stays within about 1%, where whole runs seconds apart differ by up to
-3.4x (``bench.noise``). The figure is within one run; a later run, on the machine in
-another state, can move it by several points (docs/benchmarks.md).
+sampler) a step of ``--step`` messages at a time (16,384), each in turn, on one
+connection, and gives each against bare by step: the median of the per-step ratios and
+its 95% interval (``bench.common.median_interval``), and the ratio of the totals. Run
+beside each other within a fraction of a second, the variants see the same machine:
+``bare again`` against ``bare`` (the same code) stays within 1 – 2%, where whole runs
+seconds apart differ by up to 3.4x (``bench.noise``). A step must be long enough for a
+variant's buffers to be warm for most of it: with steps of 1,024 messages the other
+variants evicted a 1 MiB block of frames before every pass, which a run of bufdemo
+never does, and smaller blocks looked 3 – 4.5 points better than they are (none, with
+steps of 16,384). ``--only`` keeps bare and the variants named.
 
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
@@ -63,7 +66,7 @@ thread has existed.
     python -m bench.floor [--messages 200000] [--rounds 5] [--blocks 1024 256] [--pin]
         [--fresh] [--only VARIANT ...]
     python -m bench.floor --breakdown [--pin] [--messages 1000000] [--rounds 3]
-    python -m bench.floor --interleave [--pin] [--steps 1000] [--blocks 1024 256]
+    python -m bench.floor --interleave [--pin] [--steps 100] [--step 16384] [--blocks 1024 256]
 
 Instructions per message, which do not move with the machine's load: run one variant
 under valgrind at two message counts and divide the difference (the reader, a forked
@@ -306,13 +309,13 @@ def print_breakdown(args: argparse.Namespace) -> None:
 
 # -- step by step, on one connection ------------------------------------------------------
 
-STEP = 1024  # messages a step: one block of bufdemo's loop at 64 B and 1 KiB
+STEP = 16_384  # messages a step: 16 of bufdemo's blocks at 64 B and 1 KiB (module docstring)
 
 
 def steps_of(
-    sock: socket.socket, size: int, blocks: list[int]
+    sock: socket.socket, size: int, blocks: list[int], step: int = STEP
 ) -> tuple[dict[str, Callable[[], object]], Sampler]:
-    """For ``--interleave``: each variant as a step of STEP messages on ``sock``, and the
+    """For ``--interleave``: each variant as a step of ``step`` messages on ``sock``, and the
     sampler of ``loop+sampler`` (to stop at the end). ``bare again`` is ``bare`` itself: its
     ratio to ``bare`` is the method's own error. ``frames-B`` and ``loop-B`` are the
     variants of the same names (module docstring), one per ``blocks``; ``loop+sampler`` is
@@ -323,12 +326,12 @@ def steps_of(
 
     def bare() -> None:
         sendall = sock.sendall
-        for _ in range(STEP):
+        for _ in range(step):
             sendall(msg)
 
     def write() -> None:
         w = os.write
-        for _ in range(STEP):
+        for _ in range(step):
             w(fd, msg)
 
     def frames(block: int) -> Callable[[], object]:
@@ -336,19 +339,19 @@ def steps_of(
         frame_block.fill(0)
         views = frame_block.views
 
-        def step() -> None:
+        def send() -> None:
             w, now = os.write, time.perf_counter_ns
             stamps: list[int] = []
             stamp = stamps.append
-            for view in islice(cycle(views), STEP):
+            for view in islice(cycle(views), step):
                 if w(fd, view) != size:
                     raise SystemExit("a partial write: the reader did not keep up")
                 stamp(now())
 
-        return step
+        return send
 
-    cfg = RunConfig(messages=STEP, size=size)
-    log, blocking, sent = SendLog(STEP, size), BlockingLog(), array("q", [0])
+    cfg = RunConfig(messages=step, size=size)
+    log, blocking, sent = SendLog(step, size), BlockingLog(), array("q", [0])
 
     def loop(block: int, sampler: Sampler | None = None) -> Callable[[], object]:
         frame_block = FrameBlock(size, block)
@@ -366,7 +369,7 @@ def steps_of(
         "bare": bare,
         "bare again": bare,
         "write": write,
-        "floor": lambda: recording_floor(sock, STEP, size),
+        "floor": lambda: recording_floor(sock, step, size),
     }
     steps |= {f"frames-{b}": frames(b) for b in blocks}
     steps |= {f"loop-{b}": loop(b) for b in blocks}
@@ -375,7 +378,12 @@ def steps_of(
 
 
 def interleaved(
-    addr: tuple[str, int], size: int, steps: int, blocks: list[int]
+    addr: tuple[str, int],
+    size: int,
+    steps: int,
+    blocks: list[int],
+    step: int = STEP,
+    only: list[str] | None = None,
 ) -> dict[str, list[int]]:
     """Nanoseconds of each variant's steps: one connection, one step of each variant in
     turn (the order reversed every other time, :func:`bench.common.in_turn`), ``steps``
@@ -384,14 +392,16 @@ def interleaved(
     here (``bench.noise``), falls on all of them alike."""
     now = time.perf_counter_ns
     with socket.create_connection(addr) as sock:
-        variants, sampler = steps_of(sock, size, blocks)
+        variants, sampler = steps_of(sock, size, blocks, step)
+        if only:  # bare always: the others are given against it
+            variants = {k: v for k, v in variants.items() if k in {"bare", *only}}
         spent: dict[str, list[int]] = {name: [] for name in variants}
         try:
             for i in range(steps):
                 for name in in_turn(list(variants), i):
-                    step = variants[name]
+                    run = variants[name]
                     t0 = now()
-                    step()
+                    run()
                     spent[name].append(now() - t0)
         finally:
             sampler.stop()
@@ -401,13 +411,13 @@ def interleaved(
 def print_interleaved(args: argparse.Namespace) -> None:
     print(
         f"the sender's floor, step by step on one connection: {args.steps:,} steps of "
-        f"{STEP:,} messages for each variant, in turn"
+        f"{args.step:,} messages for each variant, in turn"
     )
     with drain_receiver(cpu=1 if args.pin else None) as addr:
         for size in args.sizes:
-            spent = interleaved(addr, size, args.steps, args.blocks)
+            spent = interleaved(addr, size, args.steps, args.blocks, args.step, args.only)
             bare_ns = spent["bare"]
-            rate = STEP * len(bare_ns) / (sum(bare_ns) / 1e9)
+            rate = args.step * len(bare_ns) / (sum(bare_ns) / 1e9)
             cells = []
             for name, ns in spent.items():
                 if name == "bare":
@@ -453,8 +463,9 @@ def main() -> None:
         help="bare, the floor and bufdemo's loop a block at a time, in turn, on one connection",
     )
     parser.add_argument(
-        "--steps", type=int, default=1000, help="--interleave: blocks of each variant"
+        "--steps", type=int, default=100, help="--interleave: steps of each variant"
     )
+    parser.add_argument("--step", type=int, default=STEP, help="--interleave: messages a step")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, for --fresh
     parser.add_argument("--to", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
