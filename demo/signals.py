@@ -21,8 +21,8 @@
   own code, a KeyboardInterrupt can lose the task's next step, and the loop's cleanup
   then waits for it for ever. KeyboardInterrupt is raised once the loop has closed.
 - A stop is never lost inside Python's at-fork handlers, which run in this process
-  around a fork and whose exceptions Python ignores: forks happen inside :func:`held`
-  or :func:`kept`, which raise such a stop as the block ends.
+  around a fork and whose exceptions Python ignores: bufdemo forks inside
+  :func:`held` or :class:`stops_deferred`, which raise such a stop as the block ends.
 - A command stopped this way exits 130 (:data:`EXIT_INTERRUPTED`, 128 + SIGINT, what a
   shell reports for Ctrl-C), except where being stopped is how it normally ends
   (``bufdemo serve``: exit 0).
@@ -58,7 +58,6 @@ __all__ = [
     "blocked",
     "cleanup_begins",
     "held",
-    "kept",
     "run_coroutine",
     "stop_when_orphaned",
     "stops_deferred",
@@ -136,6 +135,11 @@ class stops_deferred:  # a context manager, named as its use reads
     For the few statements that update a record together (a batch of frames recorded
     and cleared): cut in two by a KeyboardInterrupt, the record would count them twice
     where a handler records what is left, or count them in one place and not another.
+    And around a fork: Python runs its at-fork handlers (logging's, for one) in this
+    process around ``os.fork()`` and a :mod:`subprocess` start with a ``preexec_fn``,
+    and ignores what one raises, so a stop handled inside one would be lost (2 of 25
+    runs of the Ctrl-C test of every model in tests/test_servers.py, beside two busy
+    loops, before `bufdemo serve --model fork` forked inside :func:`held`).
     If the block ends with an exception of its own after such a signal came, the
     KeyboardInterrupt is raised in its place (that exception is kept as its context):
     the stop is never lost. Does nothing where no :class:`StopSignals` raises (none
@@ -268,50 +272,21 @@ def held() -> Iterator[None]:
     """:func:`blocked` without starting multiprocessing's resource tracker: for
     ``os.fork()``, whose child calls :func:`unblock` once its handler is installed.
 
-    The stop signals are held in this thread and handled as the block ends, in the
-    caller's own code: not inside one of the at-fork handlers around fork() (see
-    :func:`kept`). The mask is this thread's: another thread that lets the signals in
-    takes them, and the main thread then handles them at its next step, wherever that
-    is; :func:`kept`, which this includes, raises such a stop as the block ends.
+    The stop signals are held in this thread, and a stop that comes meanwhile is raised
+    as the block ends (:class:`stops_deferred`), in the caller's own code: not inside one
+    of Python's at-fork handlers, where it would be lost. The mask is this thread's: a
+    stop that another thread takes is handled by the main thread at its next step all
+    the same, inside a handler too; deferred, it is only counted there.
     """
     # Read first (a pending signal may raise here, nothing changed yet); set inside the
     # try: a signal raised as the mask is set finds the finally that restores it.
-    with kept():
+    with stops_deferred():
         old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def kept() -> Iterator[None]:
-    """A stop signal handled inside the block and swallowed there is raised as it ends.
-
-    Python runs its at-fork handlers (logging's, for one) in this process around a fork
-    (``os.fork()``; :mod:`subprocess` with a ``preexec_fn``), and an exception raised
-    inside one is printed and ignored: a stop signal handled there would be lost, its
-    KeyboardInterrupt swallowed, and the process would not stop (2 of 25 runs of the
-    Ctrl-C test of every model in tests/test_servers.py, beside two busy loops, before
-    `bufdemo serve --model fork` forked inside :func:`held`). Inside this block a stop
-    raises as usual; one that was handled but did not come out of the block is raised as
-    it ends. Does nothing where no :class:`StopSignals` raises (none installed, cleanup
-    begun, a stop already raised, a hook in its place, or not the main thread).
-    """
-    stops = _installed
-    if (
-        stops is None
-        or not stops.raising
-        or stops.on_stop is not None
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        yield
-        return
-    count = stops.count
-    yield
-    if stops.count != count:  # the first stop was handled in the block and lost there
-        raise KeyboardInterrupt
 
 
 def unblock() -> None:

@@ -572,7 +572,7 @@ def test_a_stop_signal_after_the_event_loops_work_has_ended_is_only_counted() ->
 
 _FORK_WITH_A_STOP = """
 import contextlib, os, signal, subprocess, sys, threading, time
-from bufdemo.signals import StopSignals, held, kept
+from bufdemo.signals import StopSignals, held, stops_deferred
 
 around, fork, threads = sys.argv[1:]
 stops = StopSignals().install()
@@ -586,7 +586,7 @@ def after_in_parent():  # as logging's lock release: Python code run right after
 os.register_at_fork(after_in_parent=after_in_parent)
 if threads == "two":  # a second thread that lets the signal in: the kernel hands it there
     threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
-block = {"held": held, "kept": kept, "nothing": contextlib.nullcontext}[around]
+block = {"held": held, "deferred": stops_deferred, "nothing": contextlib.nullcontext}[around]
 try:
     with block():
         if fork == "os.fork":
@@ -609,8 +609,7 @@ except KeyboardInterrupt:
         ("held", "os.fork", "one", "stopped"),
         ("held", "os.fork", "two", "stopped"),
         ("nothing", "os.fork", "one", "not stopped"),
-        ("kept", "preexec_fn", "one", "stopped"),
-        ("kept", "preexec_fn", "two", "stopped"),
+        ("deferred", "preexec_fn", "one", "stopped"),
         ("nothing", "preexec_fn", "one", "not stopped"),
     ],
 )
@@ -621,10 +620,11 @@ def test_a_stop_signal_during_a_fork_is_not_lost_in_an_at_fork_handler(
     handled inside one is lost (the controls, around=nothing: CPython 3.11's behaviour,
     which the docs of os.register_at_fork do not promise). Inside ``signals.held()`` it
     is held and raised as the block ends; where another thread takes it and the main
-    thread handles it inside the handler all the same, ``signals.kept()`` (in ``held``)
-    raises it as the block ends. (`bufdemo serve --model fork` forks inside ``held``:
-    2 of 25 runs of its Ctrl-C test beside two busy loops did not stop before; `bufdemo
-    run --capture` starts tcpdump with a preexec_fn inside ``kept``.)"""
+    thread handles it inside the handler all the same (threads=two), it is only counted
+    there (``held`` defers stops) and raised as the block ends too. (`bufdemo serve
+    --model fork` forks inside ``held``: 2 of 25 runs of its Ctrl-C test beside two busy
+    loops did not stop before; `bufdemo run --capture` starts tcpdump with a preexec_fn
+    inside ``stops_deferred``.)"""
     import subprocess
     import sys
 

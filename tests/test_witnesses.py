@@ -657,8 +657,8 @@ def test_a_stop_as_tcpdump_starts_stops_the_capture_and_leaves_no_tcpdump(
 ) -> None:
     """tcpdump starts with a preexec_fn, so Python's at-fork handlers run in bufdemo's
     process as it starts: a stop handled inside one, where Python ignores what a handler
-    raises, is raised as the start returns (signals.kept), and the tcpdump just started
-    is stopped at once, not left to run until the process ends."""
+    raises, is raised as the start returns (signals.stops_deferred), and the tcpdump
+    just started is stopped at once, not left to run until the process ends."""
     require_root("a capture on lo")
     require_tool("tcpdump", "tcpdump")
     script = tmp_path / "stop_as_tcpdump_starts.py"
@@ -671,6 +671,55 @@ def test_a_stop_as_tcpdump_starts_stops_the_capture_and_leaves_no_tcpdump(
     )
     assert done.stdout.strip() == "stopped True", done.stderr
     assert _tcpdumps_writing_under(tmp_path) == []
+
+
+_STOP_BEFORE_TCPDUMP_LISTENS = """
+import os, signal, sys, threading
+from pathlib import Path
+from bufdemo.experiment.capture import Capture
+from bufdemo.signals import StopSignals
+
+StopSignals().install()
+cap = Capture(5999, Path(sys.argv[1]))
+started = []
+
+def stop_now():
+    started.append(cap.proc.pid)  # the fake tcpdump, which never says it listens
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+threading.Timer(1.0, stop_now).start()
+try:
+    cap.start()
+    print("not stopped", flush=True)
+except KeyboardInterrupt:
+    try:
+        os.kill(started[0], 0)
+        print("stopped, tcpdump left running", flush=True)
+    except ProcessLookupError:
+        print("stopped", cap.proc is None, flush=True)
+"""
+
+
+def test_a_stop_while_tcpdump_starts_stops_it(tmp_path: Path) -> None:
+    """Ctrl-C while `bufdemo run --capture` waits for tcpdump to say it listens: the
+    tcpdump started is stopped and reaped as the stop unwinds, not left to the end of
+    the process. A tcpdump that never says it listens (a script of that name on PATH)
+    holds the wait open; no root, no tcpdump needed."""
+    fake = tmp_path / "bin" / "tcpdump"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    script = tmp_path / "stop_before_tcpdump_listens.py"
+    script.write_text(_STOP_BEFORE_TCPDUMP_LISTENS)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "capture.pcap")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "stopped True", done.stderr
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ from pathlib import Path
 from struct import error as struct_error  # dpkt raises it on short headers
 from typing import Any
 
-from bufdemo.signals import kept
+from bufdemo.signals import stops_deferred
 
 __all__ = [
     "SNAPLEN",
@@ -115,9 +115,9 @@ class Capture:
         if os.geteuid() == 0:
             argv[1:1] = ["-Z", "root"]  # keep the file ours (no privilege drop to tcpdump)
         try:
-            # A preexec_fn runs Python's at-fork handlers in this process: a stop
-            # handled in one of them is raised as the block ends (signals.kept).
-            with kept():
+            # A preexec_fn runs Python's at-fork handlers in this process: a stop is
+            # raised as the block ends (signals.stops_deferred), tcpdump's process known.
+            with stops_deferred():
                 self.proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -168,7 +168,7 @@ class Capture:
 
     def stop(self) -> None:
         """SIGINT (tcpdump flushes and closes the file), then insist; idempotent."""
-        proc, self.proc = self.proc, None
+        proc = self.proc
         if proc is None:
             return
         if proc.poll() is None:
@@ -179,8 +179,10 @@ class Capture:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.proc = None  # only once it has ended: a stop during the wait leaves it to stop
         if self.reader is not None:
-            self.reader.join(1.0)  # tcpdump's exit closed the pipe: the reader is at EOF
+            # tcpdump's exit closed the pipe: the reader is at EOF, or nearly
+            self.reader.join(STOP_TIMEOUT)
         if proc.stderr is not None:
             proc.stderr.close()
 
