@@ -54,8 +54,8 @@ beside each other within a fraction of a second, the variants see the same machi
 seconds apart differ by up to 3.4x (``bench.noise``). A step must be long enough for a
 variant's buffers to be warm for most of it: with steps of 1,024 messages the other
 variants evicted a 1 MiB block of frames before every pass, which a run of bufdemo
-never does, and smaller blocks looked 3 – 4.5 points better than they are (none, with
-steps of 16,384). ``--only`` keeps bare and the variants named.
+never does, and smaller blocks looked 3 – 4.5 points better than they are (within the
+noise, with steps of 16,384). ``--only`` keeps bare and the variants named.
 
 ``--pin`` puts the reader on CPU 1 and the senders on CPU 0. ``--fresh`` runs each
 measurement in a new process of its own: a variant that starts a thread (the
@@ -394,6 +394,8 @@ def interleaved(
     with socket.create_connection(addr) as sock:
         variants, sampler = steps_of(sock, size, blocks, step)
         if only:  # bare always: the others are given against it
+            if unknown := set(only) - set(variants):
+                raise SystemExit(f"--only: no such variant: {', '.join(sorted(unknown))}")
             variants = {k: v for k, v in variants.items() if k in {"bare", *only}}
         spent: dict[str, list[int]] = {name: [] for name in variants}
         try:
@@ -460,7 +462,7 @@ def main() -> None:
     parser.add_argument(
         "--interleave",
         action="store_true",
-        help="bare, the floor and bufdemo's loop a block at a time, in turn, on one connection",
+        help="bare, the floor and bufdemo's loop a step at a time, in turn, on one connection",
     )
     parser.add_argument(
         "--steps", type=int, default=100, help="--interleave: steps of each variant"

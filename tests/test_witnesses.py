@@ -627,6 +627,51 @@ def test_a_tcpdump_that_cannot_capture_is_one_line_with_its_own_reason(tmp_path:
     assert cap.proc is None  # stopped: nothing left running
 
 
+def _fake_tcpdump(tmp_path: Path, body: str) -> dict[str, str]:
+    """A ``tcpdump`` on PATH that runs ``body`` (sh): no root, no tcpdump needed, and
+    one that never says it listens holds bufdemo's wait open. Returns the environment
+    that finds it first."""
+    fake = tmp_path / "bin" / "tcpdump"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+# Run first in each script below: the pids of the processes it starts, printed at its end.
+_RECORD_PIDS = """
+import subprocess
+started = []
+class _Recorded(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        started.append(self.pid)
+subprocess.Popen = _Recorded
+"""
+
+
+def _run_script(tmp_path: Path, text: str, env: dict[str, str], *args: str) -> str:
+    """Run ``text`` as a script (its arguments: where the capture goes, then ``args``);
+    what it printed, less its last line: the pids it started, each of which must be
+    gone (ended and reaped)."""
+    script = tmp_path / "script.py"
+    script.write_text(_RECORD_PIDS + text + "\nprint(*started)\n")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "capture.pcap"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.stderr == "", done.stderr
+    *printed, pids = done.stdout.strip().splitlines()
+    assert pids.split(), "no process was started"
+    for pid in map(int, pids.split()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # not left running, nor a zombie
+    return "\n".join(printed)
+
+
 _STOP_AS_TCPDUMP_STARTS = """
 import os, signal, sys, time
 from pathlib import Path
@@ -642,7 +687,7 @@ def after_in_parent():  # as logging's lock release: Python code run right after
         pass  # handled here, inside the handler, where Python ignores what it raises
 
 os.register_at_fork(after_in_parent=after_in_parent)
-cap = Capture(int(sys.argv[1]), Path(sys.argv[2]))
+cap = Capture(5999, Path(sys.argv[1]))
 try:
     cap.start()
     print("not stopped", flush=True)
@@ -657,69 +702,59 @@ def test_a_stop_as_tcpdump_starts_stops_the_capture_and_leaves_no_tcpdump(
 ) -> None:
     """tcpdump starts with a preexec_fn, so Python's at-fork handlers run in bufdemo's
     process as it starts: a stop handled inside one, where Python ignores what a handler
-    raises, is raised as the start returns (signals.stops_deferred), and the tcpdump
-    just started is stopped at once, not left to run until the process ends."""
-    require_root("a capture on lo")
-    require_tool("tcpdump", "tcpdump")
-    script = tmp_path / "stop_as_tcpdump_starts.py"
-    script.write_text(_STOP_AS_TCPDUMP_STARTS)
-    done = subprocess.run(
-        [sys.executable, str(script), "5999", str(tmp_path / "capture.pcap")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.stdout.strip() == "stopped True", done.stderr
-    assert _tcpdumps_writing_under(tmp_path) == []
+    raises, is raised as the start returns (signals.stops_deferred), and the tcpdump just
+    started is stopped and reaped at once, not left to run until the process ends."""
+    env = _fake_tcpdump(tmp_path, "exec sleep 60")
+    assert _run_script(tmp_path, _STOP_AS_TCPDUMP_STARTS, env) == "stopped True"
 
 
 _STOP_BEFORE_TCPDUMP_LISTENS = """
-import os, signal, sys, threading
+import signal, sys, threading, time
 from pathlib import Path
-from bufdemo.experiment.capture import Capture
+from bufdemo.experiment import capture
 from bufdemo.signals import StopSignals
 
 StopSignals().install()
-cap = Capture(5999, Path(sys.argv[1]))
-started = []
+capture.READY_TIMEOUT, capture.STOP_TIMEOUT = float(sys.argv[2]), 3.0
+cap = capture.Capture(5999, Path(sys.argv[1]))
 
-def stop_now():
-    started.append(cap.proc.pid)  # the fake tcpdump, which never says it listens
+def stop_in(seconds):  # seconds after bufdemo begins to wait for tcpdump to listen
+    while cap.reader is None or not cap.reader.is_alive():
+        time.sleep(0.01)
+    time.sleep(seconds)
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-threading.Timer(1.0, stop_now).start()
+threading.Thread(target=stop_in, args=(float(sys.argv[3]),), daemon=True).start()
 try:
     cap.start()
     print("not stopped", flush=True)
 except KeyboardInterrupt:
-    try:
-        os.kill(started[0], 0)
-        print("stopped, tcpdump left running", flush=True)
-    except ProcessLookupError:
-        print("stopped", cap.proc is None, flush=True)
+    print("stopped", cap.proc is None, flush=True)
 """
 
 
-def test_a_stop_while_tcpdump_starts_stops_it(tmp_path: Path) -> None:
-    """Ctrl-C while `bufdemo run --capture` waits for tcpdump to say it listens: the
-    tcpdump started is stopped and reaped as the stop unwinds, not left to the end of
-    the process. A tcpdump that never says it listens (a script of that name on PATH)
-    holds the wait open; no root, no tcpdump needed."""
-    fake = tmp_path / "bin" / "tcpdump"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nexec sleep 60\n")
-    fake.chmod(0o755)
-    script = tmp_path / "stop_before_tcpdump_listens.py"
-    script.write_text(_STOP_BEFORE_TCPDUMP_LISTENS)
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "capture.pcap")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+@pytest.mark.parametrize(
+    ("ready_timeout", "stop_after", "body"),
+    [
+        (30.0, 0.5, "exec sleep 60"),  # while bufdemo waits for tcpdump to listen
+        # tcpdump never listens, and ignores SIGINT: the stop comes while bufdemo waits
+        # for it to end (stop() inside start()); the second stop() kills it
+        (0.5, 2.0, "trap '' INT\nexec sleep 60"),
+    ],
+    ids=["waiting to listen", "waiting for it to end"],
+)
+def test_a_stop_while_tcpdump_starts_stops_it(
+    tmp_path: Path, ready_timeout: float, stop_after: float, body: str
+) -> None:
+    """Ctrl-C while `bufdemo run --capture` starts tcpdump: the tcpdump started is
+    stopped and reaped as the stop unwinds, not left to the end of the process, also
+    when the stop cuts short the wait for a tcpdump being stopped (``Capture.stop``
+    forgets it only once it has ended)."""
+    env = _fake_tcpdump(tmp_path, body)
+    out = _run_script(
+        tmp_path, _STOP_BEFORE_TCPDUMP_LISTENS, env, str(ready_timeout), str(stop_after)
     )
-    assert done.stdout.strip() == "stopped True", done.stderr
+    assert out == "stopped True"
 
 
 @pytest.mark.slow

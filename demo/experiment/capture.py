@@ -153,8 +153,10 @@ class Capture:
                     ready.set()
             ready.set()  # EOF: tcpdump ended
 
-        self.reader = threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True)
-        self.reader.start()
+        reader = threading.Thread(target=read_stderr, name="bufdemo-tcpdump", daemon=True)
+        with stops_deferred():  # stop() joins it: known only once started
+            reader.start()
+            self.reader = reader
         ready.wait(READY_TIMEOUT)
         if not listening.is_set() or proc.poll() is not None:
             self.stop()  # first: the reader then has all tcpdump said
@@ -179,12 +181,12 @@ class Capture:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.proc = None  # only once it has ended: a stop during the wait leaves it to stop
         if self.reader is not None:
             # tcpdump's exit closed the pipe: the reader is at EOF, or nearly
             self.reader.join(STOP_TIMEOUT)
         if proc.stderr is not None:
             proc.stderr.close()
+        self.proc = None  # last: stopped part-way, a second call does it all again
 
 
 def _stop_with_parent() -> None:  # pragma: no cover - runs in the forked child
