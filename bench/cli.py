@@ -76,6 +76,7 @@ from bench.common import (
     median_interval,
     recording_floor,
     round_verdict,
+    send_bare,
     spread,
 )
 from bufdemo.experiment.sender import frames_per_block
@@ -128,10 +129,8 @@ def bare_pipeline(n: int, size: int) -> float:
     proc.start()
     msg = b"x" * size
     with socket.create_connection(listener.getsockname()) as sock:
-        sendall = sock.sendall
         t0 = time.perf_counter_ns()
-        for _ in range(n):
-            sendall(msg)
+        send_bare(sock, n, msg)
         t_last = parent.recv()
     proc.join()
     listener.close()
@@ -267,9 +266,7 @@ def bare_sender(addr: tuple[str, int], n: int, size: int) -> float:
     msg = b"x" * size
     t0 = time.perf_counter_ns()
     with socket.create_connection(addr) as sock:
-        sendall = sock.sendall
-        for _ in range(n):
-            sendall(msg)
+        send_bare(sock, n, msg)
         t1 = time.perf_counter_ns()
     return n / ((t1 - t0) / 1e9)
 

@@ -105,6 +105,13 @@ def round_verdict(ratios: Sequence[float], goal: float) -> str:
     return f"unsettled: {met} of {len(ratios)} rounds meet it"
 
 
+def send_bare(sock: socket.socket, n: int, msg: bytes) -> None:
+    """The bare reference of every sender benchmark: ``sock.sendall(msg)``, ``n`` times."""
+    sendall = sock.sendall
+    for _ in range(n):
+        sendall(msg)
+
+
 def recording_floor(sock: socket.socket, n: int, size: int) -> None:
     """The least a loop that records every send does, ``n`` messages of ``size`` bytes:
     ``os.write`` of one pre-built message (the call bufdemo's loop makes), a check of

@@ -92,7 +92,14 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from bench.common import drain_receiver, in_turn, median, median_interval, recording_floor
+from bench.common import (
+    drain_receiver,
+    in_turn,
+    median,
+    median_interval,
+    recording_floor,
+    send_bare,
+)
 from bufdemo.experiment import txstamps
 from bufdemo.experiment.asyncio_sender import run_asyncio_sender
 from bufdemo.experiment.config import Mode, RunConfig
@@ -111,26 +118,33 @@ def _timed(addr: tuple[str, int], n: int, body: Callable[[socket.socket], None])
         return n / (time.perf_counter() - t0)
 
 
+def send_write(sock: socket.socket, n: int, msg: bytes) -> None:
+    """``os.write(fd, msg)``, ``n`` times: the call bufdemo's loop makes."""
+    fd, w = sock.fileno(), os.write
+    for _ in range(n):
+        w(fd, msg)
+
+
+def send_frames(sock: socket.socket, n: int, frame_block: FrameBlock) -> None:
+    """The recording floor with distinct frames: ``n`` of the block's frames in turn (as
+    framed, never refilled), each write checked and followed by a clock read appended."""
+    fd, w, now, size = sock.fileno(), os.write, time.perf_counter_ns, frame_block.size
+    stamps: list[int] = []
+    stamp = stamps.append
+    for view in islice(cycle(frame_block.views), n):  # as cheap a step as range()'s
+        if w(fd, view) != size:
+            raise SystemExit("a partial write: the reader did not keep up")
+        stamp(now())
+
+
 def bare(addr: tuple[str, int], n: int, size: int) -> float:
     msg = b"x" * size
-
-    def body(sock: socket.socket) -> None:
-        sendall = sock.sendall
-        for _ in range(n):
-            sendall(msg)
-
-    return _timed(addr, n, body)
+    return _timed(addr, n, lambda sock: send_bare(sock, n, msg))
 
 
 def write(addr: tuple[str, int], n: int, size: int) -> float:
     msg = b"x" * size
-
-    def body(sock: socket.socket) -> None:
-        fd, w = sock.fileno(), os.write
-        for _ in range(n):
-            w(fd, msg)
-
-    return _timed(addr, n, body)
+    return _timed(addr, n, lambda sock: send_write(sock, n, msg))
 
 
 def floor(addr: tuple[str, int], n: int, size: int) -> float:
@@ -162,18 +176,7 @@ def frames(block: int) -> Variant:
     def variant(addr: tuple[str, int], n: int, size: int) -> float:
         frame_block = FrameBlock(size, block)
         frame_block.fill(0)
-        views = frame_block.views
-
-        def body(sock: socket.socket) -> None:
-            fd, w, now = sock.fileno(), os.write, time.perf_counter_ns
-            stamps: list[int] = []
-            stamp = stamps.append
-            for view in islice(cycle(views), n):  # as cheap a step as range()'s
-                if w(fd, view) != size:
-                    raise SystemExit("a partial write: the reader did not keep up")
-                stamp(now())
-
-        return _timed(addr, n, body)
+        return _timed(addr, n, lambda sock: send_frames(sock, n, frame_block))
 
     return variant
 
@@ -322,33 +325,11 @@ def steps_of(
     bufdemo's loop as `bufdemo send` runs it: blocks of ``frames_per_block``, and the
     gated sampler at the default interval."""
     msg = b"x" * size
-    fd = sock.fileno()
-
-    def bare() -> None:
-        sendall = sock.sendall
-        for _ in range(step):
-            sendall(msg)
-
-    def write() -> None:
-        w = os.write
-        for _ in range(step):
-            w(fd, msg)
 
     def frames(block: int) -> Callable[[], object]:
         frame_block = FrameBlock(size, block)
         frame_block.fill(0)
-        views = frame_block.views
-
-        def send() -> None:
-            w, now = os.write, time.perf_counter_ns
-            stamps: list[int] = []
-            stamp = stamps.append
-            for view in islice(cycle(views), step):
-                if w(fd, view) != size:
-                    raise SystemExit("a partial write: the reader did not keep up")
-                stamp(now())
-
-        return send
+        return lambda: send_frames(sock, step, frame_block)
 
     cfg = RunConfig(messages=step, size=size)
     log, blocking, sent = SendLog(step, size), BlockingLog(), array("q", [0])
@@ -366,9 +347,9 @@ def steps_of(
     )
     sampler.start()  # as run_sender does: the thread itself starts at the first wait
     steps: dict[str, Callable[[], object]] = {
-        "bare": bare,
-        "bare again": bare,
-        "write": write,
+        "bare": lambda: send_bare(sock, step, msg),
+        "bare again": lambda: send_bare(sock, step, msg),
+        "write": lambda: send_write(sock, step, msg),
         "floor": lambda: recording_floor(sock, step, size),
     }
     steps |= {f"frames-{b}": frames(b) for b in blocks}

@@ -23,7 +23,7 @@ import os
 import socket
 import time
 
-from bench.common import drain_receiver, median, median_interval, spread
+from bench.common import drain_receiver, median, median_interval, send_bare, spread
 
 _STEAL_FIELD = 8  # /proc/stat: cpuN user nice system idle iowait irq softirq steal
 
@@ -47,9 +47,7 @@ def bare_run(addr: tuple[str, int], n: int, size: int, cpu: int | None) -> float
     msg = b"x" * size
     steal0, t0, c0 = steal_ticks(cpu), time.perf_counter_ns(), time.thread_time_ns()
     with socket.create_connection(addr) as sock:  # timed from before it, as bench.cli's
-        sendall = sock.sendall
-        for _ in range(n):
-            sendall(msg)
+        send_bare(sock, n, msg)
         t1, c1, steal1 = time.perf_counter_ns(), time.thread_time_ns(), steal_ticks(cpu)
     wall = (t1 - t0) / 1e9
     stolen = "" if steal0 is None or steal1 is None else f", steal {steal1 - steal0} ticks"

@@ -21,7 +21,7 @@ import socket
 import time
 from array import array
 
-from bench.common import drain_receiver, median, spread
+from bench.common import drain_receiver, median, send_bare, spread
 from bufdemo.experiment.config import RunConfig
 from bufdemo.experiment.recorder import BlockingLog, Sampler, SendLog
 from bufdemo.experiment.sender import frames_per_block, send_loop
@@ -31,10 +31,8 @@ from bufdemo.experiment.wire import FrameBlock
 def bare(addr: tuple[str, int], n: int, size: int) -> float:
     msg = b"x" * size
     with socket.create_connection(addr) as sock:
-        sendall = sock.sendall
         t0 = time.perf_counter()
-        for _ in range(n):
-            sendall(msg)
+        send_bare(sock, n, msg)
         return n / (time.perf_counter() - t0)
 
 
