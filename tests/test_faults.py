@@ -493,54 +493,31 @@ def test_a_stop_signal_while_a_block_is_stored_loses_no_send(
     reader.join(30)
 
 
-def test_a_stop_inside_stops_deferred_in_an_event_loop_still_cancels_the_task() -> None:
-    """Under run_coroutine the stop hook takes the first stop; a ``stops_deferred`` block
-    inside the coroutine leaves it to the hook (it does nothing), so the task is
-    cancelled as in any other place, not interrupted by a KeyboardInterrupt raised as the
-    block ends."""
+@pytest.mark.parametrize("around", ["nothing", "stops_deferred"])
+def test_a_stop_signal_in_an_event_loop_cancels_its_main_task_and_is_raised_after_it(
+    around: str,
+) -> None:
+    """Under the stop policy an event loop is stopped by cancelling its main task: the
+    work's own statements run on (no KeyboardInterrupt inside them or the loop), its next
+    ``await`` raises CancelledError, and KeyboardInterrupt comes once the loop closed.
+    A ``stops_deferred`` block in the work leaves the stop to the loop's hook too
+    (around=stops_deferred): it would otherwise raise KeyboardInterrupt as it ends."""
     import asyncio
+    import contextlib
 
     from bufdemo.signals import StopSignals, run_coroutine, stops_deferred
 
     seen: list[str] = []
-
-    async def work() -> None:
-        with stops_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            total = 0
-            for i in range(100_000):  # the handler runs in here
-                total += i
-        seen.append("after the block")
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
-    with StopSignals() as stops:
-        with pytest.raises(KeyboardInterrupt):
-            run_coroutine(work())
-        assert seen == ["after the block", "cancelled"]
-        assert stops.count == 1
-
-
-def test_a_stop_signal_in_an_event_loop_cancels_its_main_task_and_is_raised_after_it() -> None:
-    """Under the stop policy an event loop is stopped by cancelling its main task: the
-    work's own statements run on (no KeyboardInterrupt inside them or the loop), its next
-    ``await`` raises CancelledError, and KeyboardInterrupt comes once the loop closed."""
-    import asyncio
-
-    from bufdemo.signals import StopSignals, run_coroutine
-
-    seen: list[str] = []
     loops: list[asyncio.AbstractEventLoop] = []
+    block = stops_deferred if around == "stops_deferred" else contextlib.nullcontext
 
     async def work() -> None:
         loops.append(asyncio.get_running_loop())
-        os.kill(os.getpid(), signal.SIGINT)
-        total = 0
-        for i in range(100_000):  # the handler runs in here; plain asyncio.run raised here
-            total += i
+        with block():
+            os.kill(os.getpid(), signal.SIGINT)
+            total = 0
+            for i in range(100_000):  # the handler runs in here; plain asyncio.run raised here
+                total += i
         seen.append("ran on")
         try:
             await asyncio.sleep(30)
